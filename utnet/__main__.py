@@ -1,0 +1,3 @@
+from utnet.cli import entry
+
+entry()

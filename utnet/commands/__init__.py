@@ -1,0 +1,1 @@
+"""One module per `utnet` subcommand (see utnet/cli.py for the contract)."""
