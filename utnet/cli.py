@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"utnet {args.command}: {err}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:
+        # `utnet plugins | head`: the reader went away; say nothing more.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"utnet {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -262,6 +262,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     problems = losses.check_loss_config(cfg.loss, list(cfg.loss_plugins))
     if problems:
         raise ConfigError([f"{p}: {msg} (got {_fmt_value(v)})" for p, msg, v in problems])
+    # Store every term with its plugin's defaults filled in, so config.yaml says what ran.
+    cfg.loss = losses.resolve_loss_config(cfg.loss, list(cfg.loss_plugins))
     return cfg
 
 
