@@ -1,0 +1,300 @@
+"""Hand-mesh metrics by the official HO3D protocol (REFERENCE.md section 3), batched on the device.
+
+Two steps, so that a distributed evaluator can gather between them:
+
+1. `per_sample_errors` turns one batch of predictions and ground truth (millimetres, any common
+   camera frame) into a dict of per-sample tensors. Every value is a tensor whose first dimension
+   is the batch, so `accelerator.gather_for_metrics(errors)` gathers it as a whole.
+2. `summarize` turns the gathered dict into the reported numbers.
+
+Definitions (as the official `eval.py` computes them, in mm instead of cm):
+- Errors are Euclidean distances per joint / vertex. A mean error is the mean over keypoints of
+  each keypoint's mean over the samples where it is valid (the official EvalUtil).
+- Root-aligned (`mpjpe`, `mpvpe`): each side minus its own root joint; vertices use the joint root.
+- Procrustes-aligned (`pa_mpjpe`, `pa_mpvpe`): per-sample similarity Procrustes
+  (`utnet.geometry.procrustes_align`), joints and vertices aligned independently.
+- `auc_j`, `auc_v`: per keypoint, PCK (error <= t) over t = np.linspace(0, 50, 100) mm, integrated
+  with the trapezoid rule and divided by the integral of 1, then averaged over keypoints; on the
+  Procrustes-aligned errors, as papers report.
+- `f_5mm`, `f_15mm`: per sample on Procrustes-aligned vertices, precision = share of predicted
+  vertices closer than the threshold (strictly) to their nearest gt vertex, recall = the reverse,
+  F = 2PR / (P + R) (0 when P + R = 0); the mean over samples.
+
+Validity: `joints_valid` [B,21] marks usable gt joints (the HO3D evaluation split has the root
+only). Root-aligned joint errors need the gt root and at least one other joint; Procrustes needs
+all 21 joints (as the official protocol); vertex metrics need gt and predicted vertices
+(`verts_valid`) and, for root alignment, the gt root. Entries that are not valid hold NaN and are
+masked out by `summarize`. A metric with no valid data at all is NaN in `summarize` and None in
+`metrics_for_json` (JSON has no NaN).
+A non-finite prediction on a valid sample makes the metrics it enters NaN: it is not hidden.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from utnet.geometry import procrustes_align
+from utnet.joints import NUM_VERTS, ROOT_INDEX
+
+AUC_THRESHOLDS_MM = np.linspace(0.0, 50.0, 100)
+F_THRESHOLDS_MM = (5.0, 15.0)
+# Elements of one [chunk, V, V] block of squared distances: bounds the F-score's memory.
+_DISTANCE_BLOCK_ELEMENTS = 1 << 20
+
+
+def _threshold_key(threshold_mm: float) -> str:
+    return f"{threshold_mm:g}mm"
+
+
+def _bool_mask(mask, shape, device) -> torch.Tensor:
+    if mask is None:
+        return torch.ones(shape, dtype=torch.bool, device=device)
+    mask = torch.as_tensor(mask, device=device)
+    return torch.broadcast_to(mask.to(torch.bool) if mask.dtype == torch.bool else mask > 0.5, shape)
+
+
+def _safe_procrustes(pred: torch.Tensor, gt: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    """procrustes_align for samples where `ok` [B]; other samples give NaN (the SVD never sees them).
+
+    A non-finite sample also gives NaN: an SVD of non-finite input raises, so such samples (and the
+    skipped ones) are handed a harmless stand-in problem instead.
+    """
+    ok = ok & torch.isfinite(pred).all(dim=(1, 2)) & torch.isfinite(gt).all(dim=(1, 2))
+    stand_in = torch.linspace(-1.0, 1.0, pred.shape[1] * 3, dtype=pred.dtype, device=pred.device)
+    stand_in = (stand_in.reshape(pred.shape[1], 3) ** torch.arange(1, 4, device=pred.device)).expand_as(pred)
+    keep = ok[:, None, None]
+    aligned = procrustes_align(torch.where(keep, pred, stand_in), torch.where(keep, gt, stand_in))
+    return torch.where(keep, aligned, torch.full_like(aligned, math.nan))
+
+
+def _nearest_squared_distances(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact squared distance of each pred point to its nearest gt point [B,Vp] and the reverse [B,Vg].
+
+    Brute force over all pairs in cache-sized chunks of samples, screened in float32: on coordinates
+    centred on the gt mean, |a - b|^2 = |a|^2 + (|b|^2 - 2ab), and the bracket is one matrix product
+    of [b, 1]-augmented points, so each direction is one product and one contiguous row minimum
+    (|a|^2 is added after the minimum). Every nearest distance whose float32 value is too close to an
+    F-score threshold to be sure of the comparison is then recomputed exactly in the input dtype, so
+    comparisons with the thresholds are exact.
+    """
+    centre = gt.mean(dim=1, keepdim=True)
+    pred = pred - centre
+    gt = gt - centre
+    batch, n_pred, n_gt = pred.shape[0], pred.shape[1], gt.shape[1]
+    pred32, gt32 = pred.float(), gt.float()
+    pred_sq, gt_sq = pred32.square().sum(-1, keepdim=True), gt32.square().sum(-1, keepdim=True)
+    pred_a, gt_b = torch.cat([pred32, torch.ones_like(pred_sq)], -1), torch.cat([-2 * gt32, gt_sq], -1)
+    gt_a, pred_b = torch.cat([gt32, torch.ones_like(gt_sq)], -1), torch.cat([-2 * pred32, pred_sq], -1)
+    chunk = max(1, _DISTANCE_BLOCK_ELEMENTS // max(1, n_pred * n_gt))
+    pred_to_gt, gt_to_pred = [], []
+    for start in range(0, batch, chunk):
+        stop = start + chunk
+        pred_to_gt.append(torch.bmm(pred_a[start:stop], gt_b[start:stop].transpose(1, 2)).amin(dim=2))
+        gt_to_pred.append(torch.bmm(gt_a[start:stop], pred_b[start:stop].transpose(1, 2)).amin(dim=2))
+    pred_to_gt = (torch.cat(pred_to_gt) + pred_sq[..., 0]).to(pred.dtype).clamp_(min=0)
+    gt_to_pred = (torch.cat(gt_to_pred) + gt_sq[..., 0]).to(pred.dtype).clamp_(min=0)
+    # Rounding bound of the float32 expansion, per sample (generous: 32 unit roundoffs of radius^2).
+    radius = pred.norm(dim=-1).amax(dim=1) + gt.norm(dim=-1).amax(dim=1)
+    tolerance = (16 * torch.finfo(torch.float32).eps * radius.square())[:, None]
+    for nearest, queries, targets in ((pred_to_gt, pred, gt), (gt_to_pred, gt, pred)):
+        unsure = torch.zeros_like(nearest, dtype=torch.bool)
+        for threshold in F_THRESHOLDS_MM:
+            unsure |= (nearest - threshold ** 2).abs() <= tolerance
+        sample, point = unsure.nonzero(as_tuple=True)
+        if sample.numel():
+            exact = (targets[sample] - queries[sample, point][:, None, :]).square().sum(-1).amin(dim=1)
+            nearest[sample, point] = exact
+    return pred_to_gt, gt_to_pred
+
+
+@torch.no_grad()
+def per_sample_errors(
+    pred_joints_mm: torch.Tensor,
+    gt_joints_mm: torch.Tensor,
+    pred_verts_mm: torch.Tensor | None = None,
+    gt_verts_mm: torch.Tensor | None = None,
+    root_index: int = ROOT_INDEX,
+    joints_valid: torch.Tensor | None = None,
+    verts_valid: torch.Tensor | bool | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> dict[str, torch.Tensor]:
+    """Per-sample HO3D errors of one batch; every value is a tensor with the batch first.
+
+    Args:
+        pred_joints_mm, gt_joints_mm: [B,21,3] mm, the same camera frame (absolute or not).
+        pred_verts_mm, gt_verts_mm: [B,V,3] mm (V = 778) or None (no vertex metrics).
+        root_index: joint both sides are centred on for the root-aligned errors.
+        joints_valid: [B,21] (bool or 0/1) usable gt joints; None = all.
+        verts_valid: [B] or a bool: samples with gt vertices; None = all when both vertex sets exist.
+        dtype: computation dtype (float64 by default: the errors match a float64 reference to 1e-9 mm).
+    Returns:
+        dict of tensors on the input's device, float `dtype`; errors in mm, NaN where not valid:
+        joints_err_mm [B,21] root-aligned, joints_valid [B,21] (0/1),
+        joints_pa_err_mm [B,21] Procrustes-aligned, joints_pa_valid [B],
+        verts_err_mm [B,V] root-aligned on the joint root, verts_valid [B],
+        verts_pa_err_mm [B,V], verts_pa_valid [B],
+        precision_5mm, recall_5mm, precision_15mm, recall_15mm [B] (on aligned vertices).
+    """
+    device = pred_joints_mm.device
+    pred_j = pred_joints_mm.to(dtype)
+    gt_j = gt_joints_mm.to(dtype)
+    batch, num_joints = gt_j.shape[:2]
+    if pred_j.shape != gt_j.shape or gt_j.shape[-1] != 3:
+        raise ValueError(f"joints: pred {tuple(pred_j.shape)} and gt {tuple(gt_j.shape)} must both be [B,J,3]")
+    nan = torch.tensor(math.nan, dtype=dtype, device=device)
+
+    j_valid = _bool_mask(joints_valid, (batch, num_joints), device)
+    root_valid = j_valid[:, root_index]
+    # The root's own root-aligned error is 0 by construction: it only counts beside another joint.
+    ra_valid = j_valid & (root_valid & (j_valid.sum(dim=1) > 1))[:, None]
+    pred_root = pred_j[:, root_index:root_index + 1]
+    gt_root = gt_j[:, root_index:root_index + 1]
+    joints_err = torch.linalg.norm((pred_j - pred_root) - (gt_j - gt_root), dim=-1)
+    pa_valid = j_valid.all(dim=1)
+    pred_j_pa = _safe_procrustes(pred_j, gt_j, pa_valid)
+    joints_pa_err = torch.linalg.norm(pred_j_pa - gt_j, dim=-1)
+    errors = {
+        "joints_err_mm": torch.where(ra_valid, joints_err, nan),
+        "joints_valid": ra_valid.to(dtype),
+        "joints_pa_err_mm": torch.where(pa_valid[:, None], joints_pa_err, nan),
+        "joints_pa_valid": pa_valid.to(dtype),
+    }
+
+    have_verts = pred_verts_mm is not None and gt_verts_mm is not None
+    num_verts = gt_verts_mm.shape[1] if gt_verts_mm is not None else NUM_VERTS
+    if have_verts:
+        pred_v = pred_verts_mm.to(dtype)
+        gt_v = gt_verts_mm.to(dtype)
+        if pred_v.shape != gt_v.shape or gt_v.shape[0] != batch or gt_v.shape[-1] != 3:
+            raise ValueError(f"verts: pred {tuple(pred_v.shape)} and gt {tuple(gt_v.shape)} must both be [B,V,3]")
+        v_valid = _bool_mask(verts_valid, (batch,), device)
+    else:
+        pred_v = gt_v = torch.zeros(batch, num_verts, 3, dtype=dtype, device=device)
+        v_valid = torch.zeros(batch, dtype=torch.bool, device=device)
+    v_ra_valid = v_valid & root_valid
+    verts_err = torch.linalg.norm((pred_v - pred_root) - (gt_v - gt_root), dim=-1)
+    pred_v_pa = _safe_procrustes(pred_v, gt_v, v_valid)
+    verts_pa_err = torch.linalg.norm(pred_v_pa - gt_v, dim=-1)
+    errors["verts_err_mm"] = torch.where(v_ra_valid[:, None], verts_err, nan)
+    errors["verts_valid"] = v_ra_valid.to(dtype)
+    errors["verts_pa_err_mm"] = torch.where(v_valid[:, None], verts_pa_err, nan)
+    errors["verts_pa_valid"] = v_valid.to(dtype)
+
+    if bool(v_valid.any()):
+        pred_to_gt, gt_to_pred = _nearest_squared_distances(pred_v_pa[v_valid], gt_v[v_valid])
+    for threshold in F_THRESHOLDS_MM:
+        precision = torch.full((batch,), math.nan, dtype=dtype, device=device)
+        recall = precision.clone()
+        if bool(v_valid.any()):
+            # NaN distances (non-finite predictions) must give NaN, not a miss.
+            hit_p = (pred_to_gt < threshold ** 2).to(dtype).mean(dim=1)
+            hit_r = (gt_to_pred < threshold ** 2).to(dtype).mean(dim=1)
+            bad = ~torch.isfinite(pred_to_gt).all(dim=1) | ~torch.isfinite(gt_to_pred).all(dim=1)
+            precision[v_valid] = torch.where(bad, nan, hit_p)
+            recall[v_valid] = torch.where(bad, nan, hit_r)
+        errors[f"precision_{_threshold_key(threshold)}"] = precision
+        errors[f"recall_{_threshold_key(threshold)}"] = recall
+    return errors
+
+
+def _valid_mask(errors: dict[str, torch.Tensor], key: str, err: torch.Tensor) -> torch.Tensor:
+    """The 0/1 validity under `key` ([B] or [B,K]) as a bool mask shaped like `err` [B,K]."""
+    mask = errors[key] > 0.5
+    return (mask[:, None] if mask.dim() == 1 else mask).expand_as(err)
+
+
+def _per_keypoint_mean(err: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over valid samples per keypoint [K] (NaN for a keypoint without data)."""
+    count = valid.sum(dim=0)
+    total = torch.where(valid, err, torch.zeros_like(err)).sum(dim=0)
+    return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, math.nan))
+
+
+def _mean_over_keypoints(per_keypoint: torch.Tensor, valid: torch.Tensor) -> float:
+    has_data = valid.any(dim=0)
+    if not bool(has_data.any()):
+        return math.nan
+    return float(per_keypoint[has_data].mean())
+
+
+def _auc_scores(err: torch.Tensor) -> torch.Tensor:
+    """Each error's contribution to the normalised trapezoid integral of the PCK curve.
+
+    PCK(t) is a mean of indicators [e <= t] and the trapezoid rule is linear, so the AUC of a set of
+    errors is the mean of this per-error score: the integral of one indicator step, which is the
+    sum of the trapezoid weights of the thresholds t >= e.
+    """
+    thresholds = torch.as_tensor(AUC_THRESHOLDS_MM, dtype=err.dtype, device=err.device)
+    steps = thresholds[1:] - thresholds[:-1]
+    weights = torch.zeros_like(thresholds)
+    weights[:-1] += steps / 2
+    weights[1:] += steps / 2
+    tail = torch.cat([weights.flip(0).cumsum(0).flip(0), weights.new_zeros(1)]) / weights.sum()
+    first_reached = torch.searchsorted(thresholds, err.contiguous(), right=False)
+    score = tail[first_reached.clamp(max=thresholds.numel())]
+    return torch.where(torch.isnan(err), err, score)
+
+
+def _keypoint_metrics(errors: dict[str, torch.Tensor], err_key: str, valid_key: str) -> tuple[float, float]:
+    err = errors[err_key]
+    valid = _valid_mask(errors, valid_key, err)
+    mean = _mean_over_keypoints(_per_keypoint_mean(err, valid), valid)
+    auc = _mean_over_keypoints(_per_keypoint_mean(_auc_scores(err), valid), valid)
+    return mean, auc
+
+
+def _f_score(errors: dict[str, torch.Tensor], threshold_mm: float) -> float:
+    valid = errors["verts_pa_valid"] > 0.5
+    if not bool(valid.any()):
+        return math.nan
+    p = errors[f"precision_{_threshold_key(threshold_mm)}"][valid]
+    r = errors[f"recall_{_threshold_key(threshold_mm)}"][valid]
+    f = torch.where(p + r > 0, 2 * p * r / (p + r).clamp(min=1e-300), torch.zeros_like(p))
+    f = torch.where(torch.isnan(p + r), p + r, f)  # a non-finite prediction stays visible
+    return float(f.mean())
+
+
+def summarize(errors: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Reported metrics from (gathered) `per_sample_errors` output; errors in mm, AUC and F in [0,1].
+
+    Returns: mpjpe, mpvpe, pa_mpjpe, pa_mpvpe, f_5mm, f_15mm, auc_j, auc_v (floats, NaN when no
+    sample has the data) and num_samples (int). AUCs are on the Procrustes-aligned errors.
+    """
+    mpjpe, _ = _keypoint_metrics(errors, "joints_err_mm", "joints_valid")
+    mpvpe, _ = _keypoint_metrics(errors, "verts_err_mm", "verts_valid")
+    pa_mpjpe, auc_j = _keypoint_metrics(errors, "joints_pa_err_mm", "joints_pa_valid")
+    pa_mpvpe, auc_v = _keypoint_metrics(errors, "verts_pa_err_mm", "verts_pa_valid")
+    return {
+        "mpjpe": mpjpe,
+        "mpvpe": mpvpe,
+        "pa_mpjpe": pa_mpjpe,
+        "pa_mpvpe": pa_mpvpe,
+        "f_5mm": _f_score(errors, 5.0),
+        "f_15mm": _f_score(errors, 15.0),
+        "auc_j": auc_j,
+        "auc_v": auc_v,
+        "num_samples": int(errors["joints_err_mm"].shape[0]),
+    }
+
+
+def per_joint_errors_mm(errors: dict[str, torch.Tensor], aligned: bool = True) -> torch.Tensor:
+    """Mean error per joint [21] in mm (Procrustes-aligned by default; NaN for a joint without data)."""
+    err_key, valid_key = ("joints_pa_err_mm", "joints_pa_valid") if aligned else ("joints_err_mm", "joints_valid")
+    err = errors[err_key]
+    return _per_keypoint_mean(err, _valid_mask(errors, valid_key, err))
+
+
+def metrics_for_json(metrics: dict) -> dict:
+    """Copy of a (nested) metrics dict with NaN floats replaced by None, since JSON has no NaN."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out[key] = metrics_for_json(value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            out[key] = None
+        else:
+            out[key] = value
+    return out
+
