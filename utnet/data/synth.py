@@ -1,0 +1,386 @@
+"""Write a synthetic data set in HO3D's exact on-disk format (a STAND-IN for HO3D, named as such).
+
+Each frame renders the MANO model (the stand-in unless a MANO file is given) with `render.py`:
+an independent natural pose from the model's pose prior, the palm or the back facing the camera,
+0.35-0.8 m away, HO3D-like intrinsics, a textured background on a depth plane, a box-shaped
+object (in front of part of the hand in some frames), skin tone and light variation, sensor noise
+and depth holes. A sequence shares its hand shape, skin tone, background and camera.
+Annotations are written as HO3D writes them: OpenGL camera frame, metres, HO3D joint order.
+The same seed writes the same files.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import pickle
+import shutil
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from utnet.data.ho3d import encode_depth_m
+from utnet.data.render import Mesh, box_corners, box_mesh, cap_hole, render_meshes
+from utnet.errors import UserError
+from utnet.geometry import (OPENGL_TO_OPENCV, axis_angle_to_matrix, flip_opengl_opencv, matrix_to_axis_angle,
+                            project_points, rotate_mano_root)
+from utnet.joints import CANONICAL_TO_HO3D, NUM_VERTS
+
+IMAGE_H, IMAGE_W = 480, 640
+TRAIN_PREFIX, EVAL_PREFIX = "SYN", "SYE"
+INFO_FILE = "synthetic_info.json"
+# Skin albedos (linear-ish RGB in [0,1]) from light to dark; a sequence jitters one of them.
+SKIN_TONES = np.array([[0.95, 0.78, 0.67], [0.89, 0.68, 0.55], [0.80, 0.58, 0.44], [0.66, 0.45, 0.32],
+                       [0.52, 0.35, 0.24], [0.38, 0.25, 0.17]])
+DEPTH_RANGE_M = (0.35, 0.8)
+OCCLUDER_PROB = 0.35
+PARALLEL_MIN_FRAMES = 200  # below this, starting worker processes costs more than it saves
+PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
+            cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]  # fast to write and to read
+
+
+def _rodrigues_np(aa) -> np.ndarray:
+    return axis_angle_to_matrix(torch.as_tensor(np.asarray(aa, dtype=np.float64))).numpy()
+
+
+def _axis_angle_np(R) -> np.ndarray:
+    return matrix_to_axis_angle(torch.as_tensor(np.asarray(R, dtype=np.float64))).numpy()
+
+
+def _sequence_names(prefix: str, n: int) -> list[str]:
+    return [f"{prefix}{10 + i}" for i in range(n)]
+
+
+def _hand_axes(layer) -> tuple[np.ndarray, np.ndarray]:
+    """Finger direction and palm normal [3] of the model at rest (MANO frame, unit vectors)."""
+    with torch.no_grad():
+        out = layer(torch.zeros(1, 3), torch.zeros(1, 45), torch.zeros(1, 10))
+    j = out.joints[0].double().numpy()  # canonical: 0 wrist, 5 index1, 9 middle1, 17 pinky1
+    finger = j[9] - j[0]
+    finger /= np.linalg.norm(finger)
+    across = j[5] - j[17]
+    normal = np.cross(across, finger)
+    return finger, normal / np.linalg.norm(normal)
+
+
+def _facing_rotation(rng: np.random.Generator, finger: np.ndarray, normal: np.ndarray) -> np.ndarray:
+    """A root rotation [3,3] (MANO frame -> OpenCV camera) that shows the palm or the back to the
+    camera, fingers pointing up-ish in the image (in-plane +-100 deg), tilted by up to ~35 deg."""
+    side = rng.choice([-1.0, 1.0])
+    phi = rng.uniform(-np.deg2rad(100), np.deg2rad(100))
+    f_c = np.array([np.sin(phi), -np.cos(phi), 0.0])
+    n_c = np.array([0.0, 0.0, -side])
+    src = np.stack([finger, np.cross(normal, finger), normal], axis=1)
+    dst = np.stack([f_c, np.cross(n_c, f_c), n_c], axis=1)
+    tilt_axis = np.array([*rng.normal(size=2), 0.0])
+    tilt = tilt_axis / max(np.linalg.norm(tilt_axis), 1e-9) * rng.uniform(0, np.deg2rad(35))
+    return _rodrigues_np(tilt) @ dst @ src.T
+
+
+def _smooth_noise(rng: np.random.Generator, cells: tuple[int, int], channels: int) -> np.ndarray:
+    """Random field [480, 640, channels] float32 in about [0,1], upsampled from a coarse grid."""
+    coarse = rng.random((cells[0], cells[1], channels)).astype(np.float32)
+    out = cv2.resize(coarse, (IMAGE_W, IMAGE_H), interpolation=cv2.INTER_CUBIC)
+    return out.reshape(IMAGE_H, IMAGE_W, channels)
+
+
+def _background(rng: np.random.Generator, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A textured background (RGB float32 [480,640,3]) and the depth (metres) of its tilted plane."""
+    base = rng.uniform(0.15, 0.85, size=3).astype(np.float32)
+    other = rng.uniform(0.1, 0.9, size=3).astype(np.float32)
+    blend = _smooth_noise(rng, (3, 4), 1)
+    rgb = base * (1 - blend) + other * blend
+    rgb = rgb + 0.18 * (_smooth_noise(rng, (24, 32), 3) - 0.5) + 0.08 * (_smooth_noise(rng, (120, 160), 3) - 0.5)
+    yy, xx = np.mgrid[0:IMAGE_H, 0:IMAGE_W].astype(np.float32)
+    if rng.random() < 0.6:  # stripes or a checkerboard, as on tables, walls and cloth
+        period = rng.uniform(12, 60)
+        angle = rng.uniform(0, np.pi)
+        wave = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * (2 * np.pi / period))
+        if rng.random() < 0.5:
+            wave = wave * np.sin((-xx * np.sin(angle) + yy * np.cos(angle)) * (2 * np.pi / period))
+        rgb = rgb + (rng.uniform(0.05, 0.2) * np.sign(wave))[..., None] * rng.uniform(0.3, 1.0, size=3).astype(np.float32)
+    rgb = np.clip(rgb, 0, 1).astype(np.float32)
+    # plane n . X = d through (0, 0, d0); depth along each pixel ray: z = d / (n . K^-1 [u, v, 1])
+    d0 = rng.uniform(0.95, 1.5)
+    tilt = rng.normal(size=2) * np.deg2rad(12)
+    n = np.array([np.sin(tilt[0]), np.sin(tilt[1]), 1.0])
+    n /= np.linalg.norm(n)
+    rays_x = (xx - K[0, 2]) / K[0, 0]
+    rays_y = (yy - K[1, 2]) / K[1, 1]
+    depth = (n[2] * d0) / (n[0] * rays_x + n[1] * rays_y + n[2])
+    return rgb, depth.astype(np.float32)
+
+
+def _place_hand(rng, joints_m: np.ndarray, verts_m: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """A translation [3] (metres, OpenCV) putting the posed hand 0.35-0.8 m away, fully in the image."""
+    centre = 0.5 * (verts_m.min(0) + verts_m.max(0))
+    z = rng.uniform(*DEPTH_RANGE_M)
+    for shrink in (1.0, 0.6, 0.3, 0.0):
+        u = K[0, 2] + shrink * rng.uniform(-0.3, 0.3) * IMAGE_W
+        v = K[1, 2] + shrink * rng.uniform(-0.25, 0.25) * IMAGE_H
+        target = np.array([(u - K[0, 2]) * z / K[0, 0], (v - K[1, 2]) * z / K[1, 1], z])
+        t = target - centre
+        uv = project_points(verts_m + t, K)
+        if uv.min() >= 4 and uv[:, 0].max() <= IMAGE_W - 5 and uv[:, 1].max() <= IMAGE_H - 5 and (verts_m[:, 2] + t[2]).min() > 0.1:
+            return t
+    return t
+
+
+def _object_pose(rng, joints_m: np.ndarray, plane_depth: np.ndarray, K: np.ndarray, occlude: bool):
+    """Half extents [3], rotation [3,3] and centre [3] (OpenCV, metres) of the box object."""
+    half = rng.uniform([0.02, 0.03, 0.015], [0.05, 0.07, 0.035])
+    R = _rodrigues_np(rng.normal(size=3) * 0.8)
+    joint = joints_m[rng.integers(1, len(joints_m))]
+    if occlude:
+        # smaller, between the camera and a joint, shifted sideways so that it covers part of the hand
+        half = half * 0.6
+        depth = joint[2] - rng.uniform(0.05, 0.12)
+        side = rng.normal(size=2)
+        side = side / max(np.linalg.norm(side), 1e-9) * rng.uniform(0.02, 0.05)
+        centre = joint * (depth / joint[2]) + np.array([*side, 0.0])
+    else:
+        depth = joint[2] + rng.uniform(0.04, 0.25)
+        centre = joint * (depth / joint[2]) + np.array([*rng.choice([-1, 1], size=2) * rng.uniform(0.06, 0.14, size=2), 0.0])
+    uv = project_points(centre[None], K)[0]
+    x, y = int(np.clip(uv[0], 0, IMAGE_W - 1)), int(np.clip(uv[1], 0, IMAGE_H - 1))
+    centre[2] = min(centre[2], plane_depth[y, x] - 0.1)
+    return half, R, centre
+
+
+def _sensor_depth(rng, depth_m: np.ndarray, noise: np.ndarray, uniform: np.ndarray) -> np.ndarray:
+    """Depth as a sensor sees it: noise growing with distance, holes at edges, dropouts and blobs."""
+    sigma = 0.001 + 0.0025 * depth_m * depth_m
+    out = depth_m + sigma * noise
+    grad = cv2.morphologyEx(depth_m, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
+    out[(grad > 0.03) & (uniform < 0.6)] = 0.0
+    out[uniform > 0.99] = 0.0
+    holes = np.zeros(depth_m.shape, np.uint8)
+    for _ in range(rng.integers(0, 4)):
+        centre = (int(rng.integers(0, IMAGE_W)), int(rng.integers(0, IMAGE_H)))
+        axes = (int(rng.integers(3, 25)), int(rng.integers(3, 15)))
+        cv2.ellipse(holes, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+    out[holes > 0] = 0.0
+    return out
+
+
+def _box_to_opengl(R_cv: np.ndarray, t_cv: np.ndarray):
+    """A rigid pose in the OpenCV frame -> (axis-angle [3,1], translation [3]) in the OpenGL frame."""
+    C = OPENGL_TO_OPENCV
+    return _axis_angle_np(C @ R_cv @ C).reshape(3, 1), C @ t_cv
+
+
+def _contact_fields(verts_m: np.ndarray, half: np.ndarray, R: np.ndarray, centre: np.ndarray) -> dict:
+    """v3 contact fields of the hand vertices against the box (OpenGL metres for the projections)."""
+    local = (verts_m - centre) @ R
+    outside = np.maximum(np.abs(local) - half, 0.0)
+    dist = np.linalg.norm(outside, axis=1)
+    inside = dist == 0
+    proj_local = np.clip(local, -half, half)
+    proj = flip_opengl_opencv(proj_local @ R.T + centre)
+    return {"handVertContact": (dist < 0.004), "handVertDist": dist.astype(np.float32),
+            "handVertIntersec": inside, "handVertObjSurfProj": proj.astype(np.float32)}
+
+
+def _write_sequence(root: Path, folder: str, seq: str, seq_seed, n_frames: int, layer, sample_pose, version: str,
+                    hand_axes, faces: np.ndarray) -> list[dict]:
+    """Render and write one sequence; returns (per-frame ground truth (OpenGL metres, HO3D order),
+    CPU seconds this process spent on it)."""
+    start_cpu = time.process_time()
+    rng = np.random.default_rng(seq_seed)
+    K = np.array([[rng.uniform(605, 630), 0.0, 312.42 + rng.uniform(-6, 6)],
+                  [0.0, 0.0, 241.42 + rng.uniform(-6, 6)], [0.0, 0.0, 1.0]])
+    K[1, 1] = K[0, 0]
+    betas = np.clip(rng.normal(size=10) * 0.8, -2.0, 2.0)
+    skin = SKIN_TONES[rng.integers(len(SKIN_TONES))] * rng.uniform(0.92, 1.08, size=3)
+    # one extra vertex closes the wrist opening (the rasteriser culls back faces)
+    vert_colors = np.clip(skin[None] * (1.0 + 0.05 * rng.normal(size=(NUM_VERTS + 1, 1))), 0, 1)[:, ::-1]
+    capped_faces, wrist_ring = cap_hole(faces, NUM_VERTS)
+    bg_rgb, bg_depth = _background(rng, K)
+    # render in cv2's BGR order throughout: colours and background are flipped once here
+    bg_bgr = np.ascontiguousarray(bg_rgb[..., ::-1])
+    # per-sequence sensor noise banks; each frame reads them at a random offset
+    rgb_noise = rng.normal(0, 3.0, size=(IMAGE_H * 2, IMAGE_W * 2, 3)).astype(np.float32)
+    depth_noise = rng.standard_normal(size=(IMAGE_H * 2, IMAGE_W * 2), dtype=np.float32)
+    uniform_bank = rng.random(size=(IMAGE_H * 2, IMAGE_W * 2), dtype=np.float32)
+    hand_pose = np.asarray(sample_pose(layer, rng, n_frames), dtype=np.float64).reshape(n_frames, 45)
+    finger, normal = hand_axes
+    global_orient = np.stack([_axis_angle_np(_facing_rotation(rng, finger, normal)) for _ in range(n_frames)])
+    with torch.no_grad():
+        # rotation matrices [n,1,3,3]: an axis-angle [n,3] batch is ambiguous for the layer when n == 3
+        root_rot = axis_angle_to_matrix(torch.as_tensor(global_orient))[:, None].float()
+        out = layer(root_rot, torch.as_tensor(hand_pose, dtype=torch.float32),
+                    torch.as_tensor(np.tile(betas, (n_frames, 1)), dtype=torch.float32))
+        J0 = layer.rest_root_joint(torch.as_tensor(betas[None], dtype=torch.float32))[0].double().numpy()
+    verts_all = out.vertices.double().numpy()
+    joints_all = out.joints.double().numpy()
+
+    for d in ("rgb", "depth", "meta"):
+        (root / folder / seq / d).mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(n_frames):
+        frame = f"{i:04d}"
+        transl = _place_hand(rng, joints_all[i], verts_all[i], K)
+        verts_cv = verts_all[i] + transl
+        hand_verts = np.concatenate([verts_cv, verts_cv[wrist_ring].mean(0, keepdims=True)])
+        joints_cv = joints_all[i] + transl
+        occlude = rng.random() < OCCLUDER_PROB
+        half, R_obj, c_obj = _object_pose(rng, joints_cv, bg_depth, K, occlude)
+        obj_color_bgr = rng.uniform(0.05, 0.95, size=3)
+        light = np.array([rng.normal(0, 0.4), rng.normal(-0.4, 0.3), -1.0])
+        image, depth, _ = render_meshes(
+            [Mesh(hand_verts, capped_faces, vert_colors), box_mesh(half, R_obj, c_obj, obj_color_bgr)], K, bg_bgr, bg_depth,
+            light_dir=light, ambient=rng.uniform(0.25, 0.4), diffuse=rng.uniform(0.55, 0.75), cull_back=True)
+        oy, ox = int(rng.integers(0, IMAGE_H)), int(rng.integers(0, IMAGE_W))
+        gain = rng.uniform(0.85, 1.15)
+        noisy = cv2.scaleAdd(image, 255.0 * gain, rgb_noise[oy:oy + IMAGE_H, ox:ox + IMAGE_W])
+        bgr8 = cv2.convertScaleAbs(cv2.max(noisy, 0.0))  # saturating cast to uint8
+        depth = _sensor_depth(rng, depth, depth_noise[oy:oy + IMAGE_H, ox:ox + IMAGE_W],
+                              uniform_bank[oy:oy + IMAGE_H, ox:ox + IMAGE_W])
+
+        base = root / folder / seq
+        if version == "v3":
+            cv2.imwrite(str(base / "rgb" / f"{frame}.jpg"), bgr8, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        else:
+            cv2.imwrite(str(base / "rgb" / f"{frame}.png"), bgr8, PNG_FAST)
+        cv2.imwrite(str(base / "depth" / f"{frame}.png"), encode_depth_m(depth), PNG_FAST)
+
+        go_gl, transl_gl = rotate_mano_root(OPENGL_TO_OPENCV, global_orient[i], transl, J0)
+        joints_gl_ho3d = flip_opengl_opencv(joints_cv[CANONICAL_TO_HO3D])
+        verts_gl = flip_opengl_opencv(verts_cv)
+        obj_rot_gl, obj_trans_gl = _box_to_opengl(R_obj, c_obj)
+        corners_rest = box_corners(half)
+        meta = {
+            "camMat": K.copy(),
+            "objRot": obj_rot_gl, "objTrans": obj_trans_gl,
+            "objCorners3DRest": corners_rest,
+            "objCorners3D": flip_opengl_opencv(corners_rest @ R_obj.T + c_obj),
+            "objName": "synthetic_box", "objLabel": 0, "camIDList": ["0"],
+        }
+        if folder == "train":
+            meta.update({
+                "handPose": np.concatenate([go_gl, hand_pose[i]]).astype(np.float32),
+                "handBeta": betas.astype(np.float32),
+                "handTrans": transl_gl.astype(np.float32),
+                "handJoints3D": joints_gl_ho3d.astype(np.float32),
+            })
+        else:
+            # the tight box of the projected joints, so that evaluation crops match the train crops
+            uv = project_points(joints_cv, K)
+            meta.update({"handJoints3D": joints_gl_ho3d[0].astype(np.float32),
+                         "handBoundingBox": [float(uv[:, 0].min()), float(uv[:, 1].min()),
+                                             float(uv[:, 0].max()), float(uv[:, 1].max())]})
+        if version == "v3":
+            meta.update(_contact_fields(verts_cv, half, R_obj, c_obj))
+        with open(base / "meta" / f"{frame}.pkl", "wb") as f:
+            pickle.dump(meta, f, protocol=2)
+        records.append({"name": f"{seq}/{frame}", "joints_gl": joints_gl_ho3d, "verts_gl": verts_gl})
+    return records, time.process_time() - start_cpu
+
+
+_WORKER_STATE: dict = {}
+
+
+def _init_worker(mano_model_path) -> None:
+    from utnet.mano import ManoLayer, sample_natural_hand_pose
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    layer = ManoLayer(model_path=mano_model_path, tip_vertex_ids="ho3d")
+    _WORKER_STATE.update(layer=layer, path=mano_model_path, sample_pose=sample_natural_hand_pose, hand_axes=_hand_axes(layer),
+                         faces=layer.faces.cpu().numpy().astype(np.int64))
+
+
+def _run_job(job):
+    root, folder, seq, seq_seed, n_frames, version = job
+    st = _WORKER_STATE
+    return _write_sequence(Path(root), folder, seq, seq_seed, n_frames, st["layer"], st["sample_pose"], version,
+                           st["hand_axes"], st["faces"])
+
+
+def _mano_source(mano_model_path) -> str:
+    layer = _WORKER_STATE.get("layer")
+    if layer is None or _WORKER_STATE.get("path") != mano_model_path:
+        from utnet.mano import ManoLayer
+
+        layer = ManoLayer(model_path=mano_model_path)
+    return getattr(layer, "source", "unknown")
+
+
+def write_synthetic(out_dir, version: str = "v2", sequences: int = 8, frames: int = 60, seed: int = 0,
+                    mano_model_path=None, val_like_eval_frames=None) -> dict:
+    """Write the synthetic HO3D-format set to out_dir (a folder without train.txt).
+
+    Train sequences SYN10, SYN11, ... (`sequences` of them, `frames` each); evaluation sequences
+    SYE10, ... (max(1, sequences // 4) of them, `val_like_eval_frames` frames each, default `frames`)
+    with root + box pickles and evaluation_xyz.json / evaluation_verts.json in evaluation.txt order.
+    Written to a temporary sibling folder first, so an interrupted run leaves no half data set.
+    Returns a summary dict (counts, seconds, frames per second of wall time and per CPU-second of
+    rendering and writing, i.e. per core).
+    """
+    if version not in ("v2", "v3"):
+        raise UserError(f"--version: must be v2 or v3 (got {version!r})")
+    if sequences < 1 or frames < 1:
+        raise UserError(f"--sequences/--frames: must be >= 1 (got {sequences}, {frames})")
+    out_dir = Path(out_dir)
+    if (out_dir / "train.txt").exists():
+        raise UserError(f"{out_dir}: already holds a data set (train.txt); remove it or choose another folder")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(f"{out_dir}: exists and is not empty; choose an empty or new folder")
+    eval_frames = frames if val_like_eval_frames is None else int(val_like_eval_frames)
+    start_wall = time.perf_counter()
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        train_seqs = _sequence_names(TRAIN_PREFIX, sequences)
+        eval_seqs = _sequence_names(EVAL_PREFIX, max(1, sequences // 4))
+        jobs = [(str(tmp), "train", seq, (seed, 0, k), frames, version) for k, seq in enumerate(train_seqs)]
+        jobs += [(str(tmp), "evaluation", seq, (seed, 1, k), eval_frames, version) for k, seq in enumerate(eval_seqs)]
+        # Sequences are independent (own seed): big sets render on every core, small ones in-process.
+        workers = min(os.cpu_count() or 1, len(jobs)) if len(jobs) * max(frames, eval_frames) >= PARALLEL_MIN_FRAMES else 1
+        if workers > 1:
+            ctx = multiprocessing.get_context("spawn")  # torch's thread pools do not survive fork
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(mano_model_path,)) as pool:
+                results = pool.map(_run_job, jobs, chunksize=1)
+        else:  # one thread like the workers (same numbers either way); the caller's settings come back after
+            threads = (torch.get_num_threads(), cv2.getNumThreads())
+            try:
+                _init_worker(mano_model_path)
+                results = [_run_job(job) for job in jobs]
+            finally:
+                torch.set_num_threads(threads[0])
+                cv2.setNumThreads(threads[1])
+        train_lines = [r["name"] for (recs, _), job in zip(results, jobs) if job[1] == "train" for r in recs]
+        eval_records = [r for (recs, _), job in zip(results, jobs) if job[1] == "evaluation" for r in recs]
+        cpu = sum(c for _, c in results)
+        (tmp / "train.txt").write_text("\n".join(train_lines) + "\n")
+        (tmp / "evaluation.txt").write_text("\n".join(r["name"] for r in eval_records) + "\n")
+        with open(tmp / "evaluation_xyz.json", "w") as f:
+            json.dump(np.round([r["joints_gl"] for r in eval_records], 7).tolist(), f)
+        with open(tmp / "evaluation_verts.json", "w") as f:
+            json.dump(np.round([r["verts_gl"] for r in eval_records], 7).tolist(), f)
+        seconds = time.perf_counter() - start_wall
+        n_total = len(train_lines) + len(eval_records)
+        summary = {
+            "root": str(out_dir), "version": version, "seed": seed,
+            "train_sequences": train_seqs, "evaluation_sequences": eval_seqs,
+            "train_frames": len(train_lines), "evaluation_frames": len(eval_records),
+            "mano_source": _mano_source(mano_model_path), "mano_model_path": mano_model_path, "processes": workers,
+            "seconds": round(seconds, 2), "frames_per_s": round(n_total / seconds, 1),
+            "frames_per_cpu_s": round(n_total / max(cpu, 1e-9), 1),
+            "note": "SYNTHETIC stand-in for HO3D, rendered by utnet synth; numbers on it are not HO3D numbers",
+        }
+        (tmp / INFO_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        if (out_dir / "train.txt").exists():
+            return summary  # another process wrote the same set meanwhile (same arguments, same files)
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return summary
