@@ -1,0 +1,159 @@
+"""A timm Vision Transformer on RGB-D crops: early (4-channel patch embedding) or late depth fusion.
+
+Weights come from timm (`pretrained: true`, timm's own download) and/or a local checkpoint holding
+a timm ViT state dict (`checkpoint: PATH`, .safetensors or .pth), loaded with `load_checkpoint`.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import timm
+import torch
+from timm.layers import resample_abs_pos_embed
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from utnet.errors import UserError
+
+CHECKPOINT_KEY = "model.backbone.checkpoint"
+
+
+class Backbone(nn.Module):
+    """timm ViT built at the crop size; `forward(rgb, depth) -> (tokens, feature_map)`.
+
+    Fusion `early`: the patch embedding takes 4 channels (RGB + depth); its depth filters start as
+    the mean of the RGB filters (pretrained or random), so pretrained RGB features carry over.
+    Fusion `late`: a separate depth patch embedding (`depth_embed`), zero-initialised, is added to
+    the RGB patch tokens before the position embedding, so a pretrained ViT starts unchanged.
+    """
+
+    def __init__(self, name: str, image_size: tuple[int, int], fusion: str = "early",
+                 pretrained: bool = False, drop_path: float = 0.0):
+        super().__init__()
+        try:
+            vit = timm.create_model(name, pretrained=pretrained, img_size=tuple(image_size), num_classes=0,
+                                    drop_path_rate=drop_path)
+        except RuntimeError as err:  # timm: "Unknown model (...)"
+            raise UserError(f"model.backbone.name: {err}") from None
+        if not isinstance(vit, VisionTransformer):
+            raise UserError(f"model.backbone.name: '{name}' is a {type(vit).__name__}, not a timm VisionTransformer")
+        # Pooling/classifier parts that forward_features never uses would hold gradient-less parameters.
+        vit.fc_norm, vit.head_drop, vit.head = nn.Identity(), nn.Identity(), nn.Identity()
+        vit.attn_pool = None
+        self.vit = vit
+        self.fusion = fusion
+        self.image_size = tuple(image_size)
+        self.embed_dim = vit.embed_dim
+        self.grid_size = tuple(vit.patch_embed.grid_size)
+        rgb_proj: nn.Conv2d = vit.patch_embed.proj
+        if fusion == "early":
+            vit.patch_embed.proj = _add_depth_channel(rgb_proj)
+            self.depth_embed = None
+        elif fusion == "late":
+            self.depth_embed = nn.Conv2d(1, vit.embed_dim, rgb_proj.kernel_size, rgb_proj.stride)
+            nn.init.zeros_(self.depth_embed.weight)
+            nn.init.zeros_(self.depth_embed.bias)
+        else:
+            raise UserError(f"model.backbone.fusion: must be 'early' or 'late' (got {fusion!r})")
+
+    def forward(self, rgb: torch.Tensor, depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """rgb [B,3,H,W] ImageNet-normalised, depth [B,1,H,W] in [0,1] (0 = no measurement).
+
+        Returns tokens [B,N,D] (patch tokens only, row-major over the patch grid, after the final
+        norm) and the same tokens as a feature map [B,D,Hp,Wp] whose cell (i, j) covers crop pixels
+        [p i, p (i+1)) x [p j, p (j+1)) for patch size p.
+        """
+        vit = self.vit
+        if self.fusion == "early":
+            x = vit.patch_embed(torch.cat([rgb, depth], dim=1))
+        else:
+            x = vit.patch_embed(rgb) + self.depth_embed(depth).flatten(2).transpose(1, 2)
+        x = vit._pos_embed(x)
+        x = vit.patch_drop(x)
+        x = vit.norm_pre(x)
+        x = vit.blocks(x)
+        x = vit.norm(x)
+        tokens = x[:, vit.num_prefix_tokens:]
+        Hp, Wp = self.grid_size
+        fmap = tokens.transpose(1, 2).reshape(tokens.shape[0], self.embed_dim, Hp, Wp)
+        return tokens, fmap
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Load a timm ViT state dict (keys as timm names them) from .safetensors or .pth.
+
+        An RGB patch embedding [D,3,p,p] is adapted to early fusion (depth filters = mean of RGB
+        filters); a position embedding of another grid is resampled. Keys `depth_embed.*` (late
+        fusion) are optional. Missing and unexpected keys are reported in one warning; a shape
+        that still does not fit raises UserError naming the key.
+        """
+        state = _read_state_dict(Path(path))
+        depth_state = {k[len("depth_embed."):]: v for k, v in state.items() if k.startswith("depth_embed.")}
+        state = {k: v for k, v in state.items() if not k.startswith("depth_embed.")}
+        own = self.vit.state_dict()
+        proj_key = "patch_embed.proj.weight"
+        if self.fusion == "early" and proj_key in state and state[proj_key].dim() == 4 \
+                and state[proj_key].shape[1] == 3 and own[proj_key].shape[1] == 4:
+            state[proj_key] = torch.cat([state[proj_key], state[proj_key].mean(1, keepdim=True)], dim=1)
+        if "pos_embed" in state and state["pos_embed"].shape != own["pos_embed"].shape \
+                and state["pos_embed"].shape[-1] == own["pos_embed"].shape[-1]:
+            prefix = 0 if self.vit.no_embed_class else self.vit.num_prefix_tokens
+            state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], list(self.grid_size),
+                                                        num_prefix_tokens=prefix)
+        targets = {**own, **({f"depth_embed.{k}": v for k, v in self.depth_embed.state_dict().items()}
+                             if self.depth_embed is not None else {})}
+        loaded = {**state, **{f"depth_embed.{k}": v for k, v in depth_state.items()}}
+        for key, value in loaded.items():
+            if key in targets and tuple(value.shape) != tuple(targets[key].shape):
+                raise UserError(f"{CHECKPOINT_KEY}: {path}: key '{key}' has shape {tuple(value.shape)}, "
+                                f"the model needs {tuple(targets[key].shape)}")
+        result = self.vit.load_state_dict(state, strict=False)
+        missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+        if depth_state and self.depth_embed is None:
+            unexpected += [f"depth_embed.{k}" for k in depth_state]
+        elif depth_state:
+            res = self.depth_embed.load_state_dict(depth_state, strict=False)
+            missing += [f"depth_embed.{k}" for k in res.missing_keys]
+            unexpected += [f"depth_embed.{k}" for k in res.unexpected_keys]
+        if missing or unexpected:
+            warnings.warn(f"{CHECKPOINT_KEY}: {path}: {len(missing)} missing key(s) {missing}, "
+                          f"{len(unexpected)} unexpected key(s) {unexpected}", stacklevel=2)
+
+
+def _add_depth_channel(rgb_proj: nn.Conv2d) -> nn.Conv2d:
+    """A 4-channel copy of the RGB patch projection whose depth filters are the mean of the RGB ones."""
+    proj = nn.Conv2d(4, rgb_proj.out_channels, rgb_proj.kernel_size, rgb_proj.stride,
+                     bias=rgb_proj.bias is not None)
+    with torch.no_grad():
+        proj.weight.copy_(torch.cat([rgb_proj.weight, rgb_proj.weight.mean(1, keepdim=True)], dim=1))
+        if rgb_proj.bias is not None:
+            proj.bias.copy_(rgb_proj.bias)
+    return proj
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise UserError(f"{CHECKPOINT_KEY}: file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # any reader failure is a bad file for the user
+        raise UserError(f"{CHECKPOINT_KEY}: cannot read {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    for wrapper in ("state_dict", "model"):  # common .pth layouts: {"state_dict": {...}} / {"model": {...}}
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{CHECKPOINT_KEY}: {path} does not hold a state dict of tensors")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def build_backbone(backbone_cfg, image_size: tuple[int, int]) -> Backbone:
+    """Build from `model.backbone` (name, fusion, pretrained, checkpoint, drop_path) at `data.image_size`."""
+    backbone = Backbone(backbone_cfg.name, image_size, fusion=backbone_cfg.fusion,
+                        pretrained=backbone_cfg.pretrained, drop_path=backbone_cfg.drop_path)
+    if backbone_cfg.checkpoint:
+        backbone.load_checkpoint(backbone_cfg.checkpoint)
+    return backbone

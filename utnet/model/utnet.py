@@ -1,0 +1,86 @@
+"""UTNet: backbone -> MANO head -> coarse mesh -> GCN refiner, returning the prediction dict."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from utnet.mano import ManoLayer
+from utnet.model.backbone import build_backbone
+from utnet.model.camera import cam_translation_mm, initial_scale, project_to_crop
+from utnet.model.mano_head import ManoHead
+from utnet.model.refiner import MeshRefiner
+
+
+class UTNet(nn.Module):
+    """`model(batch) -> pred` for batch["rgb"] [B,3,H,W] and batch["depth"] [B,1,H,W].
+
+    pred (mm, OpenCV camera frame, absolute = MANO output + predicted camera translation):
+      joints_3d [B,21,3], verts_3d [B,778,3], keypoints_2d [B,21,2] (crop units) -- refined;
+      coarse: joints_3d, verts_3d, keypoints_2d, global_orient [B,1,3,3], hand_pose [B,15,3,3],
+      betas [B,10], cam [B,3] (s 1/mm, tx mm, ty mm; camera.py).
+    Refined joints are MANO's joint regressor plus fingertip vertices on the refined vertices.
+    """
+
+    def __init__(self, backbone: nn.Module, head: ManoHead, mano: ManoLayer, refiner: MeshRefiner | None,
+                 focal_length: float, image_size: tuple[int, int]):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.mano = mano
+        self.refiner = refiner
+        self.focal_length = float(focal_length)
+        self.image_size = tuple(image_size)
+
+    def forward(self, batch: dict) -> dict:
+        tokens, fmap = self.backbone(batch["rgb"], batch["depth"])
+        params = self.head(tokens)
+        verts_mm, joints_mm = self.mano.mesh_mm(params["global_orient"], params["hand_pose"], params["betas"])
+        transl_mm = cam_translation_mm(params["cam"], self.focal_length, self.image_size)[:, None]
+        verts_cam_mm = verts_mm + transl_mm
+        joints_cam_mm = joints_mm + transl_mm
+        coarse = {"joints_3d": joints_cam_mm, "verts_3d": verts_cam_mm,
+                  "keypoints_2d": self.project(joints_cam_mm), **params}
+        if self.refiner is None:
+            return {"joints_3d": joints_cam_mm, "verts_3d": verts_cam_mm,
+                    "keypoints_2d": coarse["keypoints_2d"], "coarse": coarse}
+        refined_verts = self.refiner(fmap, verts_cam_mm, joints_cam_mm[:, 0], self.project(verts_cam_mm))
+        refined_joints = self.mano.joints_from_vertices(refined_verts)
+        return {"joints_3d": refined_joints, "verts_3d": refined_verts,
+                "keypoints_2d": self.project(refined_joints), "coarse": coarse}
+
+    def project(self, points_cam_mm: torch.Tensor) -> torch.Tensor:
+        """[B,N,3] mm camera frame -> [B,N,2] crop units through the model's camera."""
+        return project_to_crop(points_cam_mm, self.focal_length, self.image_size)
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by part (for lr_mult): backbone, head, refiner (empty when disabled)."""
+        def trainable(module):
+            return [p for p in module.parameters() if p.requires_grad] if module is not None else []
+        return {"backbone": trainable(self.backbone), "head": trainable(self.head), "refiner": trainable(self.refiner)}
+
+
+def _hands_mean_aa(mano: ManoLayer) -> torch.Tensor:
+    """MANO's hands_mean [45] axis-angle (the mean hand pose of the model file)."""
+    return torch.as_tensor(mano.hands_mean, dtype=torch.float32).reshape(45)
+
+
+def build_model(cfg) -> UTNet:
+    """Build UTNet from an ExperimentConfig (model.*, mano.*, data.image_size, data.bbox_expand)."""
+    image_size = tuple(cfg.data.image_size)
+    mano = ManoLayer(model_path=cfg.mano.model_path, tip_vertex_ids=cfg.mano.tip_vertex_ids)
+    for p in mano.parameters():
+        p.requires_grad_(False)
+    backbone = build_backbone(cfg.model.backbone, image_size)
+    h = cfg.model.head
+    head = ManoHead(backbone.embed_dim, h.dim, h.depth, h.heads, h.mlp_ratio, query=h.query, ief_iters=h.ief_iters,
+                    init_hand_pose_aa=_hands_mean_aa(mano) if h.init_pose == "mean" else None,
+                    init_scale=initial_scale(cfg.data.bbox_expand))
+    refiner = None
+    if cfg.model.refiner.enabled:
+        r = cfg.model.refiner
+        with torch.no_grad():
+            zeros = torch.zeros(1, 3)
+            template_m = mano(zeros, torch.zeros(1, 45), torch.zeros(1, 10)).vertices[0]
+        refiner = MeshRefiner(backbone.embed_dim, template_m.numpy(), mano.faces.cpu().numpy(),
+                              hidden=r.hidden, layers=r.layers, coarse_vertices=r.coarse_vertices)
+    return UTNet(backbone, head, mano, refiner, cfg.model.focal_length, image_size)
