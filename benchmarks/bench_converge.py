@@ -1,0 +1,87 @@
+"""Does the default experiment learn? Train the synthetic default from scratch with every loss term's
+reduction set to `sum`, then to `mean`, and report the val metrics of the untrained model and after
+N steps.
+
+Each run is `python -m utnet train` as a user runs it (fresh output directory, --resume none); the
+untrained metrics are the ones the run itself measures before its first step.
+
+    python benchmarks/bench_converge.py [--steps N] [--config PATH] [--set K=V ...]
+                                        [--sum-set K=V ...] [--mean-set K=V ...] [--keep DIR]
+
+Prints one JSON object as its last line:
+{"steps", "wall_s", "sum": {"baseline": {...}, "final": {...}, "wall_s", "goal_met"}, "mean": {...}}.
+Goal (issue 8): refined mpjpe <= 0.5 x and refined pa_mpjpe <= 0.75 x the untrained model's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+HEADLINE = ("mpjpe", "pa_mpjpe", "mpvpe", "pa_mpvpe", "f_5mm", "f_15mm", "auc_j", "auc_v")
+
+
+def headline(metrics: dict) -> dict:
+    return {name: metrics["refined"][name] for name in HEADLINE} | {
+        f"coarse_{name}": metrics["coarse"][name] for name in ("mpjpe", "pa_mpjpe")}
+
+
+def train_once(reduction: str, steps: int | None, config: str | None, overrides: list[str], out: Path) -> dict:
+    from utnet.config import load_config
+
+    cfg = load_config(config, overrides)
+    sets = list(overrides) + [f"loss.{term}.reduction={reduction}" for term in cfg.loss]
+    if steps is not None:
+        sets.append(f"train.max_steps={steps}")
+    cmd = [sys.executable, "-m", "utnet", "train", "--resume", "none", "--output-dir", str(out)]
+    if config:
+        cmd += ["--config", config]
+    for item in sets:
+        cmd += ["--set", item]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    (out.parent / f"{out.name}.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise SystemExit(f"{reduction} run failed (log: {out.parent / f'{out.name}.log'}):\n{proc.stderr[-2000:]}")
+    baseline = headline(json.loads((out / "metrics_untrained.json").read_text()))
+    final = headline(json.loads((out / "metrics.json").read_text()))
+    goal = final["mpjpe"] <= 0.5 * baseline["mpjpe"] and final["pa_mpjpe"] <= 0.75 * baseline["pa_mpjpe"]
+    return {"baseline": baseline, "final": final, "wall_s": round(wall, 1),
+            "mpjpe_ratio": round(final["mpjpe"] / baseline["mpjpe"], 4),
+            "pa_mpjpe_ratio": round(final["pa_mpjpe"] / baseline["pa_mpjpe"], 4), "goal_met": bool(goal)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: train.max_steps)")
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="for both runs")
+    parser.add_argument("--sum-set", action="append", default=[], help="for the sum run only")
+    parser.add_argument("--mean-set", action="append", default=[], help="for the mean run only")
+    parser.add_argument("--keep", default=None, metavar="DIR", help="keep the run directories here")
+    args = parser.parse_args()
+
+    from utnet.config import load_config
+
+    steps = args.steps if args.steps is not None else load_config(args.config, args.overrides).train.max_steps
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench_converge_") as tmp:
+        root = Path(args.keep) if args.keep else Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        result = {"steps": steps}
+        for reduction, extra in (("sum", args.sum_set), ("mean", args.mean_set)):
+            result[reduction] = train_once(reduction, args.steps, args.config, args.overrides + extra,
+                                           root / reduction)
+            print(f"{reduction}: {json.dumps(result[reduction])}", file=sys.stderr, flush=True)
+    result["wall_s"] = round(time.perf_counter() - start, 1)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Two gloo ranks on the CPU (REFERENCE.md section 5): train a few steps, then evaluate the checkpoint
+on a val split of odd size (7, batch 4 per rank) with 2 processes and with 1: every sample is
+counted once and the metrics agree."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from accelerate.test_utils import get_torch_dist_unique_port
+
+from conftest import REPO, run_cli
+from test_engine import VAL_SIZE, ok, tiny_data, write_config  # noqa: F401  (tiny_data is a fixture)
+
+
+def accelerate_launch(*args, timeout=600):
+    """`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 ... -m utnet ARGS`."""
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(get_torch_dist_unique_port()), "-m", "utnet", *map(str, args)]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_two_processes_train_and_evaluate_every_sample_once(tiny_data, tmp_path):  # noqa: F811
+    config = write_config(tmp_path, tiny_data, train={"max_steps": 3, "eval_every": 0, "checkpoint_every": 0,
+                                                      "image_every": 2, "log_every": 1})
+    run = tmp_path / "run"
+    proc = accelerate_launch("train", "--config", config, "--output-dir", run)
+    ok(proc)
+    assert "training on 2 process(es)" in proc.stdout
+    assert f"Evaluated on {VAL_SIZE} samples from 2 processes (val)" in proc.stdout
+    assert proc.stdout.count("data statistics, batch 1") == 1  # the main process reports, not every rank
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["num_samples"] == VAL_SIZE and metrics["num_processes"] == 2
+    checkpoint = run / "checkpoints" / "step_00000003"
+    assert sorted(p.name for p in checkpoint.glob("random_states_*.pkl")) == ["random_states_0.pkl",
+                                                                             "random_states_1.pkl"]
+
+    two = accelerate_launch("eval", "--config", config, "--checkpoint", checkpoint, "--split", "val",
+                            "--output-dir", tmp_path / "eval2")
+    ok(two)
+    assert f"Evaluated on {VAL_SIZE} samples from 2 processes (val)" in two.stdout
+    one = run_cli("eval", "--config", config, "--checkpoint", checkpoint, "--split", "val",
+                  "--output-dir", tmp_path / "eval1")
+    ok(one)
+    m2 = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
+    m1 = json.loads((tmp_path / "eval1" / "metrics.json").read_text())
+    assert m2["num_samples"] == m1["num_samples"] == VAL_SIZE
+    assert (m2["num_processes"], m1["num_processes"]) == (2, 1)
+    for output in ("refined", "coarse"):
+        for name, value in m1[output].items():
+            assert m2[output][name] == pytest.approx(value, abs=1e-5), (output, name)
+    # the final training eval used the same weights and the same code
+    for name, value in metrics["refined"].items():
+        assert m1["refined"][name] == pytest.approx(value, abs=1e-5), name

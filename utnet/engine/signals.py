@@ -1,0 +1,57 @@
+"""Stop requests by signal: the handler only sets a flag; the training loop acts at a step boundary.
+
+SIGTERM (schedulers, `kill`), SIGHUP (a closed terminal; torchrun/accelerate launch forward it to
+every worker), SIGINT (Ctrl-C) and SIGUSR1 (cluster pre-emption warnings) all mean "save and stop".
+Ranks may receive the signal at different moments, so they agree on it with `agree_max` at the next
+optimizer step: every rank then saves the same step and exits 0.
+"""
+from __future__ import annotations
+
+import signal
+
+import torch
+
+HANDLED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGUSR1)
+
+
+class StopOnSignal:
+    """Context manager: while active, the signals above set `self.signum` instead of killing.
+
+    A second SIGINT while a stop is pending raises KeyboardInterrupt (the user insists).
+    """
+
+    def __init__(self):
+        self.signum = 0
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self):
+        for sig in HANDLED:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+        return False
+
+
+def agree_max(accelerator, values: list[float]) -> list[float]:
+    """Elementwise max of `values` over all ranks (one small collective; every rank gets the result)."""
+    local = torch.tensor([float(v) for v in values], dtype=torch.float64, device=accelerator.device)
+    if accelerator.num_processes == 1:
+        return local.tolist()
+    gathered = accelerator.gather(local[None])  # [num_processes, len(values)]
+    return gathered.max(dim=0).values.tolist()
+
+
+def ignore_in_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: a Ctrl-C or a closed terminal signals the whole process group; the
+    workers must keep serving batches until the main process has reached its step boundary and saved."""
+    for sig in HANDLED:
+        signal.signal(sig, signal.SIG_IGN)
