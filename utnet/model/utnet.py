@@ -34,6 +34,13 @@ class UTNet(nn.Module):
     def forward(self, batch: dict) -> dict:
         tokens, fmap = self.backbone(batch["rgb"], batch["depth"])
         params = self.head(tokens)
+        # Mesh, camera and refinement work in absolute millimetres: under bf16/fp16 autocast they
+        # would lose whole millimetres, so they always run in float32.
+        with torch.autocast(device_type=fmap.device.type, enabled=False):
+            return self._mesh(params, fmap.float())
+
+    def _mesh(self, params: dict, fmap: torch.Tensor) -> dict:
+        params = {k: v.float() for k, v in params.items()}
         verts_mm, joints_mm = self.mano.mesh_mm(params["global_orient"], params["hand_pose"], params["betas"])
         transl_mm = cam_translation_mm(params["cam"], self.focal_length, self.image_size)[:, None]
         verts_cam_mm = verts_mm + transl_mm
