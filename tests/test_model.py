@@ -358,3 +358,5 @@ def test_mesh_stays_float32_under_bf16_autocast(tiny_model):
     assert pred["verts_3d"].dtype == torch.float32
     assert pred["coarse"]["joints_3d"].dtype == torch.float32
     assert (pred["verts_3d"] - pred["coarse"]["verts_3d"]).abs().max() < 1e-3
+    # refined joints are regressed from the refined vertices: a bf16 matmul there loses millimetres
+    assert (pred["joints_3d"] - pred["coarse"]["joints_3d"]).abs().max() < 1e-2
