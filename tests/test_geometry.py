@@ -101,3 +101,37 @@ def test_joint_maps_are_inverse_permutations():
     # every canonical parent comes before its child, the root has none
     assert J.CANONICAL_PARENTS[J.ROOT_INDEX] == -1
     assert all(p < c for c, p in enumerate(J.CANONICAL_PARENTS) if p >= 0)
+
+
+def test_metre_millimetre_factors_live_only_in_their_one_place():
+    """DESIGN.md: each unit conversion happens once. A new 1000 / 1e3 / 0.001 literal elsewhere in the
+    framework is how "joints multiplied by 1000 twice" starts; this test names the file that adds one."""
+    import io
+    import tokenize
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    allowed = {
+        "utnet/mano/layer.py",        # M_TO_MM: MANO output metres -> mm (mesh_mm)
+        "utnet/data/ho3d.py",         # MM_PER_M: HO3D annotations and depth -> mm (the reader)
+        "utnet/engine/submission.py",  # MM_PER_M: back to metres for an HO3D submission
+        "utnet/mano/standin.py",      # the stand-in is laid out in mm and stored in metres
+    }
+    offenders = []
+    for path in sorted(list((root / "utnet").rglob("*.py")) + list((root / "losses").rglob("*.py"))):
+        rel = path.relative_to(root).as_posix()
+        if rel in allowed:
+            continue
+        tokens = [t for t in tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+                  if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT)]
+        for i, tok in enumerate(tokens):
+            if tok.type != tokenize.NUMBER:
+                continue
+            try:
+                value = float(tok.string.replace("_", ""))
+            except ValueError:
+                continue
+            neighbours = {tokens[j].string for j in (i - 1, i + 1) if 0 <= j < len(tokens)}
+            if value == 1000.0 and neighbours & {"*", "/", "*=", "/="}:
+                offenders.append(f"{rel}:{tok.start[0]}")
+    assert not offenders, f"metre/millimetre factor outside its one place: {offenders}"

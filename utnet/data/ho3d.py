@@ -23,6 +23,7 @@ from utnet.joints import HO3D_TO_CANONICAL, NUM_JOINTS
 
 # One unit of the 16-bit depth PNG, in metres (REFERENCE.md section 1).
 DEPTH_UNIT_M = 0.00012498664727900177
+MM_PER_M = 1000.0  # HO3D annotations and depth are metres; the reader turns them into millimetres here only
 SPLIT_FILES = {"train": "train.txt", "evaluation": "evaluation.txt"}
 LAYOUT_HINT = ("expected HO3D layout: train.txt, evaluation.txt, train/<SEQ>/{rgb,depth,meta}/NNNN.{png|jpg,png,pkl}, "
                "evaluation/<SEQ>/...")
@@ -131,7 +132,7 @@ def decode_depth_mm(depth_bgr: np.ndarray) -> np.ndarray:
 
     The one place depth becomes millimetres.
     """
-    return decode_depth_m(depth_bgr) * np.float32(1000.0)
+    return decode_depth_m(depth_bgr) * np.float32(MM_PER_M)
 
 
 def read_meta(path: Path) -> dict:
@@ -181,7 +182,7 @@ class Annotation:
 
 def opengl_m_to_opencv_mm(points_opengl_m: np.ndarray) -> np.ndarray:
     """Points [..., 3] OpenGL camera frame, metres -> OpenCV camera frame, millimetres (float64)."""
-    return flip_opengl_opencv(np.asarray(points_opengl_m, dtype=np.float64)) * 1000.0
+    return flip_opengl_opencv(np.asarray(points_opengl_m, dtype=np.float64)) * MM_PER_M
 
 
 def convert_annotation(meta: dict, path: Path, rest_root_joint_m: Optional[Callable[[np.ndarray], np.ndarray]],
