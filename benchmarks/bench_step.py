@@ -73,14 +73,19 @@ def rate(times: dict) -> float:
     return (steps[-1] - steps[0]) / (times[steps[-1]] - times[steps[0]])
 
 
+def config_args(config: str | None, overrides: list[str]) -> list[str]:
+    """--config/--set arguments shared by the engine run and the plain worker."""
+    args = ["--config", config] if config else []
+    for item in overrides:
+        args += ["--set", item]
+    return args
+
+
 def engine_rate(config: str | None, overrides: list[str], out: Path) -> float:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cmd = [sys.executable, "-m", "utnet", "train", "--resume", "none", "--output-dir", str(out)]
-    if config:
-        cmd += ["--config", config]
-    for item in overrides:
-        cmd += ["--set", item]
+    cmd = [sys.executable, "-m", "utnet", "train", "--resume", "none", "--output-dir", str(out),
+           *config_args(config, overrides)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"engine run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
@@ -90,11 +95,7 @@ def engine_rate(config: str | None, overrides: list[str], out: Path) -> float:
 
 
 def plain_rate(config: str | None, overrides: list[str]) -> float:
-    cmd = [sys.executable, __file__, "--plain-worker", "--steps", "0"]
-    if config:
-        cmd += ["--config", config]
-    for item in overrides:
-        cmd += ["--set", item]
+    cmd = [sys.executable, __file__, "--plain-worker", "--steps", "0", *config_args(config, overrides)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"plain loop failed:\n{proc.stderr[-3000:]}")

@@ -100,11 +100,13 @@ def matrix_to_rot6d(R: torch.Tensor) -> torch.Tensor:
     return torch.cat([R[..., :, 0], R[..., :, 1]], dim=-1)
 
 
-def _rodrigues_np(aa: np.ndarray) -> np.ndarray:
+def axis_angle_to_matrix_np(aa) -> np.ndarray:
+    """numpy float64 twin of axis_angle_to_matrix: [..., 3] -> [..., 3, 3]."""
     return axis_angle_to_matrix(torch.as_tensor(np.asarray(aa, dtype=np.float64))).numpy()
 
 
-def _axis_angle_np(R: np.ndarray) -> np.ndarray:
+def matrix_to_axis_angle_np(R) -> np.ndarray:
+    """numpy float64 twin of matrix_to_axis_angle: [..., 3, 3] -> [..., 3]."""
     return matrix_to_axis_angle(torch.as_tensor(np.asarray(R, dtype=np.float64))).numpy()
 
 
@@ -123,10 +125,10 @@ def rotate_mano_root(R_apply, global_orient_aa, transl, root_joint_rest):
         (global_orient_aa' [3], transl' [3]).
     """
     A = np.asarray(R_apply, dtype=np.float64)
-    R = _rodrigues_np(global_orient_aa)
+    R = axis_angle_to_matrix_np(global_orient_aa)
     J0 = np.asarray(root_joint_rest, dtype=np.float64)
     t = np.asarray(transl, dtype=np.float64)
-    return _axis_angle_np(A @ R), A @ (J0 + t) - J0
+    return matrix_to_axis_angle_np(A @ R), A @ (J0 + t) - J0
 
 
 def project_points(points_cam, K):

@@ -25,8 +25,8 @@ import torch
 from utnet.data.ho3d import encode_depth_m
 from utnet.data.render import Mesh, box_corners, box_mesh, cap_hole, render_meshes
 from utnet.errors import UserError
-from utnet.geometry import (OPENGL_TO_OPENCV, axis_angle_to_matrix, flip_opengl_opencv, matrix_to_axis_angle,
-                            project_points, rotate_mano_root)
+from utnet.geometry import (OPENGL_TO_OPENCV, axis_angle_to_matrix, axis_angle_to_matrix_np, flip_opengl_opencv,
+                            matrix_to_axis_angle_np, project_points, rotate_mano_root)
 from utnet.joints import CANONICAL_TO_HO3D, NUM_VERTS
 
 IMAGE_H, IMAGE_W = 480, 640
@@ -40,14 +40,6 @@ OCCLUDER_PROB = 0.35
 PARALLEL_MIN_FRAMES = 200  # below this, starting worker processes costs more than it saves
 PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
             cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]  # fast to write and to read
-
-
-def _rodrigues_np(aa) -> np.ndarray:
-    return axis_angle_to_matrix(torch.as_tensor(np.asarray(aa, dtype=np.float64))).numpy()
-
-
-def _axis_angle_np(R) -> np.ndarray:
-    return matrix_to_axis_angle(torch.as_tensor(np.asarray(R, dtype=np.float64))).numpy()
 
 
 def _sequence_names(prefix: str, n: int) -> list[str]:
@@ -77,7 +69,7 @@ def _facing_rotation(rng: np.random.Generator, finger: np.ndarray, normal: np.nd
     dst = np.stack([f_c, np.cross(n_c, f_c), n_c], axis=1)
     tilt_axis = np.array([*rng.normal(size=2), 0.0])
     tilt = tilt_axis / max(np.linalg.norm(tilt_axis), 1e-9) * rng.uniform(0, np.deg2rad(35))
-    return _rodrigues_np(tilt) @ dst @ src.T
+    return axis_angle_to_matrix_np(tilt) @ dst @ src.T
 
 
 def _smooth_noise(rng: np.random.Generator, cells: tuple[int, int], channels: int) -> np.ndarray:
@@ -132,7 +124,7 @@ def _place_hand(rng, joints_m: np.ndarray, verts_m: np.ndarray, K: np.ndarray) -
 def _object_pose(rng, joints_m: np.ndarray, plane_depth: np.ndarray, K: np.ndarray, occlude: bool):
     """Half extents [3], rotation [3,3] and centre [3] (OpenCV, metres) of the box object."""
     half = rng.uniform([0.02, 0.03, 0.015], [0.05, 0.07, 0.035])
-    R = _rodrigues_np(rng.normal(size=3) * 0.8)
+    R = axis_angle_to_matrix_np(rng.normal(size=3) * 0.8)
     joint = joints_m[rng.integers(1, len(joints_m))]
     if occlude:
         # smaller, between the camera and a joint, shifted sideways so that it covers part of the hand
@@ -169,7 +161,7 @@ def _sensor_depth(rng, depth_m: np.ndarray, noise: np.ndarray, uniform: np.ndarr
 def _box_to_opengl(R_cv: np.ndarray, t_cv: np.ndarray):
     """A rigid pose in the OpenCV frame -> (axis-angle [3,1], translation [3]) in the OpenGL frame."""
     C = OPENGL_TO_OPENCV
-    return _axis_angle_np(C @ R_cv @ C).reshape(3, 1), C @ t_cv
+    return matrix_to_axis_angle_np(C @ R_cv @ C).reshape(3, 1), C @ t_cv
 
 
 def _contact_fields(verts_m: np.ndarray, half: np.ndarray, R: np.ndarray, centre: np.ndarray) -> dict:
@@ -207,7 +199,7 @@ def _write_sequence(root: Path, folder: str, seq: str, seq_seed, n_frames: int, 
     uniform_bank = rng.random(size=(IMAGE_H * 2, IMAGE_W * 2), dtype=np.float32)
     hand_pose = np.asarray(sample_pose(layer, rng, n_frames), dtype=np.float64).reshape(n_frames, 45)
     finger, normal = hand_axes
-    global_orient = np.stack([_axis_angle_np(_facing_rotation(rng, finger, normal)) for _ in range(n_frames)])
+    global_orient = np.stack([matrix_to_axis_angle_np(_facing_rotation(rng, finger, normal)) for _ in range(n_frames)])
     with torch.no_grad():
         # rotation matrices [n,1,3,3]: an axis-angle [n,3] batch is ambiguous for the layer when n == 3
         root_rot = axis_angle_to_matrix(torch.as_tensor(global_orient))[:, None].float()
