@@ -23,6 +23,21 @@ def test_axis_angle_gradient_finite_at_zero():
     assert torch.isfinite(aa.grad).all()
 
 
+def test_numpy_rotation_twins_match_scipy_including_near_zero_and_pi():
+    rng = np.random.default_rng(3)
+    aa = np.concatenate([rng.normal(size=(500, 3)) * 1.5, rng.normal(size=(5, 3)) * 1e-10,
+                         [[np.pi, 0, 0], [0, np.pi - 1e-9, 0], [0, 0, 0]]])
+    R = g.axis_angle_to_matrix_np(aa)
+    assert np.abs(R - Rotation.from_rotvec(aa).as_matrix()).max() < 1e-12
+    back = g.matrix_to_axis_angle_np(R)
+    assert np.abs(Rotation.from_rotvec(back).as_matrix() - R).max() < 1e-9
+    wrapped = np.linalg.norm(Rotation.from_rotvec(aa).as_rotvec(), axis=-1)  # angle in [0, pi]
+    assert np.abs(np.linalg.norm(back, axis=-1) - wrapped).max() < 1e-6
+    assert np.abs(back - g.matrix_to_axis_angle(torch.from_numpy(R)).numpy()).max() < 1e-12
+    assert g.axis_angle_to_matrix_np(aa[0]).shape == (3, 3) and g.matrix_to_axis_angle_np(R[0]).shape == (3,)
+    assert isinstance(g.matrix_to_axis_angle_np(R), np.ndarray)
+
+
 def test_rot6d_is_rotation_and_round_trips():
     R = g.rot6d_to_matrix(torch.randn(50, 6, dtype=torch.float64))
     np.testing.assert_allclose((R @ R.transpose(-1, -2)).numpy(), np.broadcast_to(np.eye(3), R.shape), atol=1e-12)

@@ -101,13 +101,50 @@ def matrix_to_rot6d(R: torch.Tensor) -> torch.Tensor:
 
 
 def axis_angle_to_matrix_np(aa) -> np.ndarray:
-    """numpy float64 twin of axis_angle_to_matrix: [..., 3] -> [..., 3, 3]."""
-    return axis_angle_to_matrix(torch.as_tensor(np.asarray(aa, dtype=np.float64))).numpy()
+    """numpy float64 twin of axis_angle_to_matrix (same formula): [..., 3] -> [..., 3, 3].
+
+    Pure numpy: the data pipeline calls it per sample, where a torch round trip costs ~1 ms.
+    """
+    aa = np.asarray(aa, dtype=np.float64)
+    angle = np.linalg.norm(aa, axis=-1, keepdims=True)
+    small = angle < 1e-8
+    axis = aa / np.where(small, 1.0, angle)
+    K = _skew_np(axis)
+    sin, cos = np.sin(angle)[..., None], np.cos(angle)[..., None]
+    R = np.eye(3) + sin * K + (1.0 - cos) * (K @ K)
+    return np.where(small[..., None], np.eye(3) + _skew_np(aa), R)
+
+
+def _skew_np(v: np.ndarray) -> np.ndarray:
+    """Cross-product matrices [..., 3, 3] of vectors [..., 3]."""
+    x, y, z = v[..., 0], v[..., 1], v[..., 2]
+    zero = np.zeros_like(x)
+    return np.stack([zero, -z, y, z, zero, -x, -y, x, zero], axis=-1).reshape(*v.shape[:-1], 3, 3)
 
 
 def matrix_to_axis_angle_np(R) -> np.ndarray:
-    """numpy float64 twin of matrix_to_axis_angle: [..., 3, 3] -> [..., 3]."""
-    return matrix_to_axis_angle(torch.as_tensor(np.asarray(R, dtype=np.float64))).numpy()
+    """numpy float64 twin of matrix_to_axis_angle (same quaternion route): [..., 3, 3] -> [..., 3]."""
+    m = np.asarray(R, dtype=np.float64)
+    m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
+    q_abs = np.sqrt(np.maximum(np.stack([1.0 + m00 + m11 + m22, 1.0 + m00 - m11 - m22,
+                                         1.0 - m00 + m11 - m22, 1.0 - m00 - m11 + m22], axis=-1), 1e-12))
+    m21, m12, m02, m20, m10, m01 = m[..., 2, 1], m[..., 1, 2], m[..., 0, 2], m[..., 2, 0], m[..., 1, 0], m[..., 0, 1]
+    candidates = np.stack([
+        np.stack([q_abs[..., 0] ** 2, m21 - m12, m02 - m20, m10 - m01], axis=-1),
+        np.stack([m21 - m12, q_abs[..., 1] ** 2, m10 + m01, m02 + m20], axis=-1),
+        np.stack([m02 - m20, m10 + m01, q_abs[..., 2] ** 2, m12 + m21], axis=-1),
+        np.stack([m10 - m01, m20 + m02, m21 + m12, q_abs[..., 3] ** 2], axis=-1),
+    ], axis=-2) / (2.0 * q_abs[..., None])
+    best = q_abs.argmax(axis=-1)
+    q = np.take_along_axis(candidates, best[..., None, None], axis=-2)[..., 0, :]
+    q = q * np.where(q[..., :1] < 0, -1.0, 1.0)
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    xyz = q[..., 1:]
+    sin_half = np.linalg.norm(xyz, axis=-1, keepdims=True)
+    angle = 2.0 * np.arctan2(sin_half, q[..., :1])
+    small = sin_half < 1e-6
+    factor = np.where(small, 2.0 / np.maximum(q[..., :1], 1e-12), angle / np.where(small, 1.0, sin_half))
+    return xyz * factor
 
 
 def rotate_mano_root(R_apply, global_orient_aa, transl, root_joint_rest):
