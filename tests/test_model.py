@@ -93,6 +93,61 @@ def test_fusion_initialisation_keeps_rgb_features():
     torch.testing.assert_close(fmap[:, :, 1, 2], tokens[:, 1 * 3 + 2])
 
 
+def test_hybrid_vit_takes_depth_in_its_stem_and_loads_an_rgb_checkpoint(tmp_path):
+    """timm's hybrid ViT (ResNet stem + patch projection): early fusion widens the stem's first conv,
+    late fusion's depth embedding matches the 32-pixel token cells, an RGB checkpoint loads."""
+    torch.manual_seed(0)
+    size = (128, 96)
+    rgb, depth = torch.randn(2, 3, *size), torch.rand(2, 1, *size)
+    early = Backbone("vit_tiny_r_s16_p8_224", size, "early")
+    assert early.input_conv_name == "backbone.conv" and early.cell_size == (32, 32)
+    tokens, fmap = early(rgb, depth)
+    assert tokens.shape == (2, 12, 192) and fmap.shape == (2, 192, 4, 3)
+    depth_grad = torch.autograd.grad(tokens.square().sum(), early.vit.patch_embed.backbone.conv.weight)[0][:, 3]
+    assert depth_grad.abs().sum() > 0  # depth reaches the tokens through the stem
+    late = Backbone("vit_tiny_r_s16_p8_224", size, "late").eval()
+    torch.testing.assert_close(late(rgb, depth)[0], late.vit.forward_features(rgb)[:, 1:])
+    rgb_vit = timm.create_model("vit_tiny_r_s16_p8_224", pretrained=False, img_size=size, num_classes=0)
+    state = {k: v.contiguous() for k, v in rgb_vit.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        early.load_checkpoint(_save(state, tmp_path / "hybrid.safetensors"))
+    w = early.vit.patch_embed.backbone.conv.weight
+    torch.testing.assert_close(w[:, :3], state["patch_embed.backbone.conv.weight"])
+    torch.testing.assert_close(w[:, 3], state["patch_embed.backbone.conv.weight"].mean(1))
+
+
+def test_conv_stem_keeps_the_token_grid_and_loads_the_transformer_of_an_rgb_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    rgb, depth = torch.randn(2, 3, *IMAGE_SIZE), torch.rand(2, 1, *IMAGE_SIZE)
+    backbone = Backbone("vit_tiny_patch16_224", IMAGE_SIZE, "early", stem="conv")
+    convs = [m for m in backbone.vit.patch_embed.proj if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2)] * 4 + [(1, 1)] and convs[0].in_channels == 4
+    assert [c.out_channels for c in convs] == [24, 48, 96, 192, 192]
+    tokens, fmap = backbone(rgb, depth)
+    assert tokens.shape == (2, 12, 192) and fmap.shape == (2, 192, 4, 3)
+    # the stem is local: a change in the bottom-right 16x16 cell leaves the top-left token unchanged
+    backbone.eval()
+    changed = rgb.clone()
+    changed[..., -16:, -16:] += 1.0
+    a = backbone.vit.patch_embed(torch.cat([rgb, depth], 1))
+    b = backbone.vit.patch_embed(torch.cat([changed, depth], 1))
+    torch.testing.assert_close(a[:, 0], b[:, 0])
+    assert not torch.allclose(a[:, -1], b[:, -1])
+    state = _timm_rgb_state()
+    with pytest.warns(UserWarning, match=r"model.backbone.checkpoint: .*patch_embed.proj.0.weight.*patch_embed.proj.weight"):
+        backbone.load_checkpoint(_save(state, tmp_path / "vit.pth"))
+    torch.testing.assert_close(backbone.vit.blocks[1].attn.qkv.weight, state["blocks.1.attn.qkv.weight"])
+    with pytest.raises(UserError, match="model.backbone.stem"):
+        Backbone("vit_tiny_patch16_224", IMAGE_SIZE, stem="pyramid")
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "vit_tiny_r_s16_p8_224"])
+def test_image_size_that_the_token_grid_cannot_tile_is_a_user_error(name):
+    with pytest.raises(UserError, match=r"^data.image_size: \[120, 96\]"):
+        Backbone(name, (120, 96))
+
+
 def test_unknown_backbone_name_is_a_user_error():
     with pytest.raises(UserError, match="model.backbone.name"):
         Backbone("vit_does_not_exist", IMAGE_SIZE)

@@ -79,6 +79,7 @@ class BackboneConfig(_Section):
     pretrained: bool = Field(False, description="Load timm's pretrained RGB weights (downloads; needs network).")
     checkpoint: Optional[str] = Field(None, description="Local .safetensors/.pth backbone weights.")
     drop_path: float = Field(0.0, ge=0, lt=1, description="Stochastic depth rate.")
+    stem: Literal["patch", "conv"] = Field("patch", description="Patch embedding: the ViT's own strided patch projection, or a convolutional stem (3x3 stride-2 convolutions with BatchNorm, then a 1x1 projection; Xiao et al. 2021) with the same token grid, which trains much faster from scratch.")
 
 
 class HeadConfig(_Section):

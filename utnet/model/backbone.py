@@ -1,10 +1,15 @@
-"""A timm Vision Transformer on RGB-D crops: early (4-channel patch embedding) or late depth fusion.
+"""A timm Vision Transformer on RGB-D crops: early (4-channel input layer) or late depth fusion.
+
+Plain ViTs (a strided patch projection) and timm's hybrid ViTs (a ResNet stem before the patch
+projection, e.g. vit_tiny_r_s16_p8_224) both work: the input layer is the first 3-channel
+convolution of the patch embedding, and the token grid is whatever the patch embedding reports.
 
 Weights come from timm (`pretrained: true`, timm's own download) and/or a local checkpoint holding
 a timm ViT state dict (`checkpoint: PATH`, .safetensors or .pth), loaded with `load_checkpoint`.
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -22,20 +27,25 @@ CHECKPOINT_KEY = "model.backbone.checkpoint"
 class Backbone(nn.Module):
     """timm ViT built at the crop size; `forward(rgb, depth) -> (tokens, feature_map)`.
 
-    Fusion `early`: the patch embedding takes 4 channels (RGB + depth); its depth filters start as
-    the mean of the RGB filters (pretrained or random), so pretrained RGB features carry over.
-    Fusion `late`: a separate depth patch embedding (`depth_embed`), zero-initialised, is added to
-    the RGB patch tokens before the position embedding, so a pretrained ViT starts unchanged.
+    Fusion `early`: the input layer (patch projection, or a hybrid's first stem convolution) takes
+    4 channels (RGB + depth); its depth filters start as the mean of the RGB filters (pretrained or
+    random), so pretrained RGB features carry over.
+    Fusion `late`: a separate depth patch embedding (`depth_embed`, one convolution whose kernel and
+    stride are the token grid's cell size), zero-initialised, is added to the RGB patch tokens
+    before the position embedding, so a pretrained ViT starts unchanged.
     """
 
     def __init__(self, name: str, image_size: tuple[int, int], fusion: str = "early",
-                 pretrained: bool = False, drop_path: float = 0.0):
+                 pretrained: bool = False, drop_path: float = 0.0, stem: str = "patch"):
         super().__init__()
         try:
             vit = timm.create_model(name, pretrained=pretrained, img_size=tuple(image_size), num_classes=0,
                                     drop_path_rate=drop_path)
         except RuntimeError as err:  # timm: "Unknown model (...)"
             raise UserError(f"model.backbone.name: {err}") from None
+        except AssertionError as err:  # timm asserts on an input size its stem cannot tile
+            raise UserError(f"data.image_size: {list(image_size)} does not fit {name}"
+                            f"{': ' + str(err) if str(err) else ''}") from None
         if not isinstance(vit, VisionTransformer):
             raise UserError(f"model.backbone.name: '{name}' is a {type(vit).__name__}, not a timm VisionTransformer")
         # Pooling/classifier parts that forward_features never uses would hold gradient-less parameters.
@@ -46,12 +56,21 @@ class Backbone(nn.Module):
         self.image_size = tuple(image_size)
         self.embed_dim = vit.embed_dim
         self.grid_size = tuple(vit.patch_embed.grid_size)
-        rgb_proj: nn.Conv2d = vit.patch_embed.proj
+        if stem == "conv":
+            vit.patch_embed.proj = conv_stem(vit.patch_embed.proj, name)
+        elif stem != "patch":
+            raise UserError(f"model.backbone.stem: must be 'patch' or 'conv' (got {stem!r})")
+        if any(size % cells for size, cells in zip(self.image_size, self.grid_size)):
+            raise UserError(f"data.image_size: {list(image_size)} is not a multiple of {name}'s patch size "
+                            f"(its {self.grid_size[0]}x{self.grid_size[1]} token grid would leave pixels uncovered)")
+        self.cell_size = tuple(size // cells for size, cells in zip(self.image_size, self.grid_size))
+        self.input_conv_name = _input_conv_name(vit.patch_embed, name)
         if fusion == "early":
-            vit.patch_embed.proj = _add_depth_channel(rgb_proj)
+            _set_submodule(vit.patch_embed, self.input_conv_name,
+                           _add_depth_channel(vit.patch_embed.get_submodule(self.input_conv_name)))
             self.depth_embed = None
         elif fusion == "late":
-            self.depth_embed = nn.Conv2d(1, vit.embed_dim, rgb_proj.kernel_size, rgb_proj.stride)
+            self.depth_embed = nn.Conv2d(1, vit.embed_dim, self.cell_size, self.cell_size)
             nn.init.zeros_(self.depth_embed.weight)
             nn.init.zeros_(self.depth_embed.bias)
         else:
@@ -62,7 +81,8 @@ class Backbone(nn.Module):
 
         Returns tokens [B,N,D] (patch tokens only, row-major over the patch grid, after the final
         norm) and the same tokens as a feature map [B,D,Hp,Wp] whose cell (i, j) covers crop pixels
-        [p i, p (i+1)) x [p j, p (j+1)) for patch size p.
+        [p i, p (i+1)) x [q j, q (j+1)) for the grid's cell size (p, q) = `cell_size` (the patch
+        size of a plain ViT, the stem's stride times the patch size of a hybrid one).
         """
         vit = self.vit
         if self.fusion == "early":
@@ -91,7 +111,7 @@ class Backbone(nn.Module):
         depth_state = {k[len("depth_embed."):]: v for k, v in state.items() if k.startswith("depth_embed.")}
         state = {k: v for k, v in state.items() if not k.startswith("depth_embed.")}
         own = self.vit.state_dict()
-        proj_key = "patch_embed.proj.weight"
+        proj_key = f"patch_embed.{self.input_conv_name}.weight"
         if self.fusion == "early" and proj_key in state and state[proj_key].dim() == 4 \
                 and state[proj_key].shape[1] == 3 and own[proj_key].shape[1] == 4:
             state[proj_key] = torch.cat([state[proj_key], state[proj_key].mean(1, keepdim=True)], dim=1)
@@ -120,15 +140,50 @@ class Backbone(nn.Module):
                           f"{len(unexpected)} unexpected key(s) {unexpected}", stacklevel=2)
 
 
-def _add_depth_channel(rgb_proj: nn.Conv2d) -> nn.Conv2d:
-    """A 4-channel copy of the RGB patch projection whose depth filters are the mean of the RGB ones."""
-    proj = nn.Conv2d(4, rgb_proj.out_channels, rgb_proj.kernel_size, rgb_proj.stride,
-                     bias=rgb_proj.bias is not None)
+def conv_stem(patch_proj: nn.Module, model_name: str) -> nn.Sequential:
+    """A convolutional stem with the patch projection's token grid: log2(p) 3x3 stride-2 convolutions
+    (BatchNorm, ReLU; widths doubling up to the embedding width) and a 1x1 projection.
+
+    A ViT learns from scratch far faster on such a stem than on one p x p strided projection (Xiao et
+    al., "Early convolutions help transformers see better", 2021). It replaces the patch projection
+    (of a hybrid ViT too, on its stem's features); the projection's stride must be a square power of two.
+    """
+    stride = patch_proj.stride if isinstance(patch_proj, nn.Conv2d) else None
+    if stride is None or stride[0] != stride[1] or stride[0] < 2 or stride[0] & (stride[0] - 1):
+        raise UserError(f"model.backbone.stem: 'conv' needs a patch projection with a square power-of-two stride; "
+                        f"'{model_name}' has patch stride {stride}")
+    levels = stride[0].bit_length() - 1
+    embed_dim = patch_proj.out_channels
+    widths = [max(embed_dim >> (levels - 1 - i), 8) for i in range(levels)]
+    layers, channels = [], patch_proj.in_channels
+    for width in widths:
+        layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+        channels = width
+    layers.append(nn.Conv2d(channels, embed_dim, 1))
+    return nn.Sequential(*layers)
+
+
+def _input_conv_name(patch_embed: nn.Module, model_name: str) -> str:
+    """Dotted name (inside the patch embedding) of the first convolution that reads the 3 RGB channels."""
+    for module_name, module in patch_embed.named_modules():
+        if isinstance(module, nn.Conv2d) and module.in_channels == 3:
+            return module_name
+    raise UserError(f"model.backbone.name: '{model_name}' has no 3-channel input convolution in its patch embedding")
+
+
+def _set_submodule(root: nn.Module, dotted: str, module: nn.Module) -> None:
+    parent, _, leaf = dotted.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def _add_depth_channel(rgb_conv: nn.Conv2d) -> nn.Conv2d:
+    """A 4-channel copy of the RGB input convolution (same class, so timm's same-padding convs keep
+    their padding) whose depth filters are the mean of the RGB ones."""
+    conv = copy.deepcopy(rgb_conv)
     with torch.no_grad():
-        proj.weight.copy_(torch.cat([rgb_proj.weight, rgb_proj.weight.mean(1, keepdim=True)], dim=1))
-        if rgb_proj.bias is not None:
-            proj.bias.copy_(rgb_proj.bias)
-    return proj
+        conv.weight = nn.Parameter(torch.cat([rgb_conv.weight, rgb_conv.weight.mean(1, keepdim=True)], dim=1))
+    conv.in_channels = 4
+    return conv
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -151,9 +206,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def build_backbone(backbone_cfg, image_size: tuple[int, int]) -> Backbone:
-    """Build from `model.backbone` (name, fusion, pretrained, checkpoint, drop_path) at `data.image_size`."""
+    """Build from `model.backbone` (name, fusion, pretrained, checkpoint, drop_path, stem) at `data.image_size`."""
     backbone = Backbone(backbone_cfg.name, image_size, fusion=backbone_cfg.fusion,
-                        pretrained=backbone_cfg.pretrained, drop_path=backbone_cfg.drop_path)
+                        pretrained=backbone_cfg.pretrained, drop_path=backbone_cfg.drop_path, stem=backbone_cfg.stem)
     if backbone_cfg.checkpoint:
         backbone.load_checkpoint(backbone_cfg.checkpoint)
     return backbone
