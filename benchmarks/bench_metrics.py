@@ -9,13 +9,19 @@ and a prediction that is a perturbed similarity transform of it plus per-point n
     python benchmarks/bench_metrics.py [--samples 2000] [--threads 2]
 
 Prints one JSON object as its last line:
-{"batched_samples_per_s", "reference_samples_per_s", "speedup", "max_abs_diff_mm", ...}.
+{"batched_samples_per_s", "reference_samples_per_s", "speedup", "max_abs_diff_mm", ...,
+ "batched_profile": {stage: share of the batched time}}. The profile comes from one extra batched run
+under cProfile: the cumulative time of each stage function of utnet.engine.metrics over the run's total
+(stages nest: `_polar` is inside `_procrustes_aligned`; `_window_minima` (with `_sort_order`) and
+`_exact_nearest_sq` are inside `_f_score_hits`; everything but `summarize` is inside `per_sample_errors`).
 """
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
+import pstats
 import time
 
 import numpy as np
@@ -24,7 +30,8 @@ from scipy.linalg import orthogonal_procrustes
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from utnet.engine.metrics import _nearest_squared_distances, per_sample_errors, summarize
+from utnet.engine import metrics
+from utnet.engine.metrics import per_sample_errors, summarize
 
 MM_METRICS = ("mpjpe", "mpvpe", "pa_mpjpe", "pa_mpvpe")
 UNITLESS_METRICS = ("f_5mm", "f_15mm", "auc_j", "auc_v")
@@ -152,6 +159,23 @@ def batched_metrics(pred_j, gt_j, pred_v, gt_v):
     return summarize(errors)
 
 
+PROFILED_STAGES = ("per_sample_errors", "_procrustes_aligned", "_polar", "_f_score_hits", "_window_minima",
+                   "_sort_order", "_exact_nearest_sq", "summarize", "_auc_scores")
+
+
+def batched_profile(data) -> dict[str, float]:
+    """Share of one batched run's time spent in each stage function of utnet.engine.metrics."""
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.runcall(batched_metrics, *data)
+    total = time.perf_counter() - start
+    shares = {}
+    for (filename, _, name), (_, _, _, cumulative, _) in pstats.Stats(profiler).stats.items():
+        if filename == metrics.__file__ and name in PROFILED_STAGES:
+            shares[name] = shares.get(name, 0.0) + cumulative / total
+    return {name: round(shares.get(name, 0.0), 3) for name in PROFILED_STAGES}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=2000)
@@ -162,7 +186,7 @@ def main() -> None:
     data = make_predictions(args.samples)
 
     # Interleaved, best of `repeats`: the machine is shared, so both sides see the same load.
-    batched_times, reference_times, nn_times = [], [], []
+    batched_times, reference_times = [], []
     for _ in range(args.repeats):
         start = time.perf_counter()
         batched = batched_metrics(*data)
@@ -170,10 +194,6 @@ def main() -> None:
         start = time.perf_counter()
         reference = reference_metrics(*data)
         reference_times.append(time.perf_counter() - start)
-        # Profile: the all-pairs nearest-neighbour search of the F-scores alone.
-        start = time.perf_counter()
-        _nearest_squared_distances(torch.from_numpy(data[2]), torch.from_numpy(data[3]))
-        nn_times.append(time.perf_counter() - start)
     batched_s, reference_s = min(batched_times), min(reference_times)
     print("metric      batched      reference")
     for key in MM_METRICS + UNITLESS_METRICS:
@@ -184,7 +204,7 @@ def main() -> None:
         "speedup": round(reference_s / batched_s, 2),
         "max_abs_diff_mm": max(abs(batched[k] - reference[k]) for k in MM_METRICS),
         "max_abs_diff_f_auc": max(abs(batched[k] - reference[k]) for k in UNITLESS_METRICS),
-        "fscore_search_share_of_batched": round(min(nn_times) / batched_s, 3),
+        "batched_profile": batched_profile(data),
         "samples": args.samples,
         "threads": args.threads,
     }

@@ -199,20 +199,82 @@ def test_gathered_halves_equal_the_whole():
     assert M.per_joint_errors_mm(gathered).shape == (21,)
 
 
-def test_nearest_distances_are_exact_at_the_threshold():
-    # gt on a coarse grid far from the origin; each pred point 5 mm +- 1e-7 away from its gt point
-    axis = np.arange(6) * 40.0
-    gt = np.stack(np.meshgrid(axis, axis, axis), -1).reshape(-1, 3) + [300.0, -200.0, 900.0]
-    rng = np.random.default_rng(1)
-    direction = rng.normal(size=gt.shape)
-    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
-    length = 5.0 + np.where(np.arange(len(gt)) % 2 == 0, 1e-7, -1e-7)
-    pred = gt + direction * length[:, None]
-    pred_to_gt, gt_to_pred = M._nearest_squared_distances(*_t(pred[None], gt[None]))
-    exact = ((pred[:, None] - gt[None]) ** 2).sum(-1)
-    np.testing.assert_array_equal(pred_to_gt[0].numpy() < 25.0, exact.min(1) < 25.0)
-    np.testing.assert_array_equal(gt_to_pred[0].numpy() < 25.0, exact.min(0) < 25.0)
-    assert 0 < (exact.min(1) < 25.0).sum() < len(gt)
+def _brute_force_hits(pred, gt, thresholds=M.F_THRESHOLDS_MM):
+    """[n, 2, T] counts by an all-pairs search: pred within t of some gt (strict <), and the reverse."""
+    d = pred[:, :, None] - gt[:, None]
+    sq = d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1] + d[..., 2] * d[..., 2]
+    return np.stack([np.stack([(sq.min(axis=2) < t * t).sum(1), (sq.min(axis=1) < t * t).sum(1)], 1)
+                     for t in thresholds], -1)
+
+
+def _fast_hits(pred, gt):
+    pred, gt = _t(pred, gt)
+    return M._f_score_hits(pred, gt, M._squared_norm(pred - gt)).numpy()
+
+
+def _near_threshold_pairs(n, num_verts, seed):
+    """gt hands far from the origin and predictions whose nearest gt vertex is about 5 or 15 mm away,
+    many exactly at 5 or 15 mm (a squared distance of exactly 25 or 225: a tie, which is a miss)."""
+    rng = np.random.default_rng(seed)
+    # elongated along x, so that x is the principal axis the search projects on
+    gt = np.round(rng.normal(scale=[120.0, 40.0, 30.0], size=(n, num_verts, 3)) * 8) / 8 + [300.0, -200.0, 900.0]
+    offsets = np.array([[5, 0, 0], [0, -5, 0], [3, 4, 0], [0, 0, 15], [9, -12, 0], [0, 12, 9],
+                        [4.875, 0, 0], [-4.875, 0.5, 0], [-14.875, 0, 1]], dtype=float)
+    choice = rng.integers(len(offsets), size=(n, num_verts))
+    nudge = 1.0 + rng.choice([-1e-9, 1e-9, -1e-15, 3e-16], size=(n, num_verts, 1))
+    step = offsets[choice] * np.where(rng.uniform(size=(n, num_verts, 1)) < 0.5, 1.0, nudge)
+    pred = gt[:, rng.permutation(num_verts)] + step  # a shuffled correspondence: the own vertex is no hint
+    keep = rng.uniform(size=(n, num_verts)) < 0.5
+    pred = np.where(keep[..., None], gt + step, pred)
+    return pred, gt
+
+
+@pytest.mark.parametrize("num_verts, block", [(7, None), (150, None), (778, None), (150, 1)])
+def test_fast_f_score_search_equals_brute_force_at_and_near_the_thresholds(num_verts, block, monkeypatch):
+    if block is not None:  # one vertex per block: every window edge is tested
+        monkeypatch.setattr(M, "_BLOCK", block)
+    pred, gt = _near_threshold_pairs(3, num_verts, seed=num_verts)
+    d = pred[:, :, None] - gt[:, None]
+    nearest = (d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1] + d[..., 2] * d[..., 2]).min(axis=2)
+    assert (nearest == 25.0).any() and (nearest == 225.0).any()  # exact ties are in the data
+    assert (np.abs(nearest - 25.0) < 1e-6).sum() > (nearest == 25.0).sum()  # and near misses / near hits
+    np.testing.assert_array_equal(_fast_hits(pred, gt), _brute_force_hits(pred, gt))
+    # the reverse roles (gt -> pred ties) too
+    np.testing.assert_array_equal(_fast_hits(gt, pred), _brute_force_hits(gt, pred))
+    # part of the prediction far away: windows without any gt vertex
+    pred[:, : num_verts // 2] += [0.0, 0.0, 400.0]
+    np.testing.assert_array_equal(_fast_hits(pred, gt), _brute_force_hits(pred, gt))
+
+
+def test_fast_f_score_search_equals_brute_force_on_realistic_hands():
+    pred_j, gt_j, pred_v, gt_v = _hands(4, seed=12, noise=3.0, num_verts=778)
+    aligned = M._procrustes_aligned(*_t(pred_v, gt_v), torch.ones(4, dtype=torch.bool)).numpy()
+    counts = _brute_force_hits(aligned, gt_v)
+    np.testing.assert_array_equal(_fast_hits(aligned, gt_v), counts)
+    assert 0 < counts[:, :, 0].min() and counts[:, :, 0].max() < 778  # neither trivially 0 nor all
+
+
+def test_procrustes_matches_the_svd_definition_with_reflections_and_degenerate_samples():
+    from utnet.geometry import procrustes_align
+
+    pred_j, gt_j, _, _ = _hands(6, seed=13)
+    pred_j[1] *= [-1.0, 1.0, 1.0]  # a mirror image: the official protocol keeps the reflection
+    pred_j[2] = pred_j[2, :1]  # all points equal
+    pred_j[3, :, 2] = 7.0  # planar
+    gt_j[4] = np.linspace(0, 1, 21)[:, None] * [1.0, 2.0, 3.0]  # collinear gt
+    pred, gt = _t(pred_j, gt_j)
+    ours = M._procrustes_aligned(pred, gt, torch.ones(6, dtype=torch.bool))
+    np.testing.assert_allclose(ours.numpy(), procrustes_align(pred, gt).numpy(), atol=1e-9)
+    skipped = M._procrustes_aligned(pred, gt, torch.tensor([True, False, True, True, True, True]))
+    assert torch.isnan(skipped[1]).all() and torch.isfinite(skipped[0]).all()
+
+
+def test_auc_scores_at_the_thresholds_follow_the_trapezoid_of_pck():
+    thresholds = M.AUC_THRESHOLDS_MM
+    err = np.concatenate([thresholds, np.nextafter(thresholds, -1), np.nextafter(thresholds, 99), [60.0, 0.0]])
+    norm = np.trapezoid(np.ones_like(thresholds), thresholds)
+    expected = [np.trapezoid((e <= thresholds).astype(float), thresholds) / norm for e in err]
+    np.testing.assert_allclose(M._auc_scores(torch.from_numpy(err)).numpy(), expected, rtol=0, atol=1e-15)
 
 
 # --------------------------------------------------------------------------- submission

@@ -35,13 +35,16 @@ import math
 import numpy as np
 import torch
 
-from utnet.geometry import procrustes_align
 from utnet.joints import NUM_VERTS, ROOT_INDEX
 
 AUC_THRESHOLDS_MM = np.linspace(0.0, 50.0, 100)
 F_THRESHOLDS_MM = (5.0, 15.0)
-# Elements of one [chunk, V, V] block of squared distances: bounds the F-score's memory.
-_DISTANCE_BLOCK_ELEMENTS = 1 << 20
+# Samples per pass over the vertices: keeps one pass's arrays in cache.
+_CHUNK_SAMPLES = 128
+# Predicted vertices per block of the F-score's windowed search.
+_BLOCK = 32
+# Groups of blocks of similar window width, one padded matrix product each.
+_WIDTH_GROUPS = 8
 
 
 def _threshold_key(threshold_mm: float) -> str:
@@ -55,58 +58,187 @@ def _bool_mask(mask, shape, device) -> torch.Tensor:
     return torch.broadcast_to(mask.to(torch.bool) if mask.dtype == torch.bool else mask > 0.5, shape)
 
 
-def _safe_procrustes(pred: torch.Tensor, gt: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
-    """procrustes_align for samples where `ok` [B]; other samples give NaN (the SVD never sees them).
+def _squared_norm(d: torch.Tensor) -> torch.Tensor:
+    """|d|^2 over the last dimension (3) [...], always summed as x*x + y*y + z*z.
 
-    A non-finite sample also gives NaN: an SVD of non-finite input raises, so such samples (and the
-    skipped ones) are handed a harmless stand-in problem instead.
+    One fixed rounding: a vertex's distance to its own gt vertex and the exact nearest-neighbour
+    re-check of the F-score both use it, so the two agree to the last bit on a tie.
     """
-    ok = ok & torch.isfinite(pred).all(dim=(1, 2)) & torch.isfinite(gt).all(dim=(1, 2))
-    stand_in = torch.linspace(-1.0, 1.0, pred.shape[1] * 3, dtype=pred.dtype, device=pred.device)
-    stand_in = (stand_in.reshape(pred.shape[1], 3) ** torch.arange(1, 4, device=pred.device)).expand_as(pred)
-    keep = ok[:, None, None]
-    aligned = procrustes_align(torch.where(keep, pred, stand_in), torch.where(keep, gt, stand_in))
-    return torch.where(keep, aligned, torch.full_like(aligned, math.nan))
+    x, y, z = d.unbind(-1)
+    return x * x + y * y + z * z
 
 
-def _nearest_squared_distances(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact squared distance of each pred point to its nearest gt point [B,Vp] and the reverse [B,Vg].
+def _polar(m: torch.Tensor, iterations: int = 7) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Orthogonal polar factor R of each m [B,3,3] (= U Vh of its SVD, a reflection where det m < 0),
+    the sum of its singular values [B] (= trace(R^T m)), and whether both are settled [B] bool.
 
-    Brute force over all pairs in cache-sized chunks of samples, screened in float32: on coordinates
-    centred on the gt mean, |a - b|^2 = |a|^2 + (|b|^2 - 2ab), and the bracket is one matrix product
-    of [b, 1]-augmented points, so each direction is one product and one contiguous row minimum
-    (|a|^2 is added after the minimum). Every nearest distance whose float32 value is too close to an
-    F-score threshold to be sure of the comparison is then recomputed exactly in the input dtype, so
-    comparisons with the thresholds are exact.
+    Newton's iteration X <- (X + X^-T) / 2 (determinant-scaled for the first steps) converges
+    quadratically from X = m and is far cheaper than a batched LAPACK SVD of 3x3 matrices. Not
+    settled: a step that had not converged, a nearly singular m (its polar factor is then not
+    unique: the caller asks the SVD, as the official protocol does) and a non-finite m (NaN).
     """
+    x = m
+    for step in range(iterations):
+        # rows of the cofactor matrix: r1 x r2, r2 x r0, r0 x r1, so x^-T = cof / det
+        cof = torch.linalg.cross(x.roll(-1, dims=1), x.roll(-2, dims=1), dim=-1)
+        det = (x[:, 0] * cof[:, 0]).sum(-1)[:, None, None]
+        if step == 0:
+            m_det = det[:, 0, 0]
+        if step < 3:
+            gamma = det.abs().pow(-1.0 / 3.0)
+            x_next = 0.5 * (gamma * x + cof / (gamma * det))
+        else:
+            x_next = 0.5 * (x + cof / det)
+        change, x = (x_next - x).abs().amax(dim=(1, 2)), x_next
+    # quadratic convergence: the last step's change squared bounds the remaining error
+    settled = (change <= 1e-9) & (m_det.abs() > 1e-6 * m.square().sum(dim=(1, 2)) ** 1.5)
+    return x, (x * m).sum(dim=(1, 2)), settled
+
+
+def _procrustes_aligned(pred: torch.Tensor, gt: torch.Tensor, ok: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """`utnet.geometry.procrustes_align` (official HO3D similarity Procrustes) for samples where `ok` [B].
+
+    pred, gt [B,N,3] (same unit); returns pred aligned to gt [B,N,3], NaN for the other samples and
+    for non-finite ones. Same definition as the geometry function (centre, divide by the Frobenius
+    norm + eps, rotation R = U Vh, scale = sum of singular values), with the normalisation folded into
+    one 3x3 map per sample and the SVD replaced by `_polar` where that is settled.
+    """
+    gt_mean = gt.mean(dim=1, keepdim=True)
+    pred_mean = pred.mean(dim=1, keepdim=True)
+    gt_c = gt - gt_mean
+    pred_c = pred - pred_mean
+    gt_norm = gt_c.flatten(1).norm(dim=1) + eps
+    pred_norm = pred_c.flatten(1).norm(dim=1) + eps
+    m = (gt_c.transpose(1, 2) @ pred_c) / (gt_norm * pred_norm)[:, None, None]
+    m = torch.where(ok[:, None, None], m, math.nan)
+    rotation, scale, settled = _polar(m)
+    redo = ~settled & torch.isfinite(m).all(dim=2).all(dim=1)
+    if bool(redo.any()):  # degenerate samples: exactly the SVD of the geometry function
+        m = (gt_c[redo] / gt_norm[redo, None, None]).transpose(1, 2) @ (pred_c[redo] / pred_norm[redo, None, None])
+        u, s, vh = torch.linalg.svd(m)
+        rotation[redo], scale[redo] = u @ vh, s.sum(dim=-1)
+    linear = rotation.transpose(1, 2) * (scale * gt_norm / pred_norm)[:, None, None]
+    return torch.baddbmm(gt_mean, pred_c, linear)
+
+
+def _sort_order(values: torch.Tensor) -> torch.Tensor:
+    """Indices [c,n] int64 that sort each row of `values` [c,n] (float32, finite) ascending.
+
+    On the CPU one numpy sort of int64 keys (order-preserving integer image of the float, index in
+    the low bits) replaces an argsort: several times faster for these short rows.
+    """
+    if values.device.type != "cpu":
+        return values.argsort(dim=1)
+    index_bits = max(1, (values.shape[1] - 1).bit_length())
+    bits = values.contiguous().numpy().view(np.int32).astype(np.int64)
+    bits ^= (bits >> 63) & 0x7FFFFFFF  # negative floats: reverse their order
+    keys = (bits << index_bits) | np.arange(values.shape[1])
+    keys.sort(axis=1)
+    return torch.from_numpy(keys & ((1 << index_bits) - 1))
+
+
+def _f_score_hits(pred: torch.Tensor, gt: torch.Tensor, pred_to_own_sq: torch.Tensor,
+                  thresholds_mm=F_THRESHOLDS_MM) -> torch.Tensor:
+    """Per sample, how many predicted vertices have a gt vertex closer than each threshold (strictly),
+    and how many gt vertices have a predicted one: [c, 2, len(thresholds)] int64.
+
+    pred, gt: [c,V,3] finite, the same frame (mm), float64 (or the metric dtype); pred_to_own_sq [c,V]:
+    `_squared_norm(pred - gt)`. Exactly the counts of a brute-force search over all pairs with
+    `_squared_norm` distances, found without one:
+    - `_window_minima`: nearest squared distances within the smallest threshold's windows, float32.
+    - A vertex's distance to its own counterpart is an upper bound: below a threshold it is a hit.
+    - Every decision the float32 minimum cannot make for sure (within its rounding bound of a
+      threshold, or a larger threshold not settled by the two bounds above) is made by an exact
+      search over all vertices of that sample in the input dtype.
+    """
+    thresholds_sq = [t * t for t in thresholds_mm]
+    pred_min, gt_min, pred_order, gt_order, tolerance = _window_minima(pred, gt, thresholds_mm[0])
+    counts = torch.zeros(pred.shape[0], 2, len(thresholds_sq), dtype=torch.int64, device=pred.device)
+    for side, (nearest, order, queries, targets) in enumerate(
+            ((pred_min, pred_order, pred, gt), (gt_min, gt_order, gt, pred))):
+        nearest = nearest.to(pred.dtype)
+        own = pred_to_own_sq.gather(1, order)
+        for k, t_sq in enumerate(thresholds_sq):
+            hit = (own < t_sq) | (nearest < t_sq - tolerance)
+            unsure = ~hit & (nearest < t_sq + tolerance) if k == 0 else ~hit
+            sample, point = unsure.nonzero(as_tuple=True)
+            if sample.numel():
+                hit[sample, point] = _exact_nearest_sq(queries[sample, order[sample, point]], targets, sample) < t_sq
+            counts[:, side, k] = hit.sum(dim=1)
+    return counts
+
+
+def _window_minima(pred: torch.Tensor, gt: torch.Tensor, reach_mm: float):
+    """Nearest squared distances, exact below `reach_mm`, for the F-score (`_f_score_hits`).
+
+    pred, gt: [c,V,3] finite, the same frame (mm). Both sets are projected on the principal axis of
+    the gt and sorted. A block of `_BLOCK` consecutive predicted vertices only needs the gt vertices
+    whose projection lies within `reach_mm` of the block's range (its window): every closer pair is
+    inside. One float32 matrix product per block gives its block x window squared distances, and the
+    minima of its rows and columns serve both directions.
+    Returns pred_min [c,V] (each predicted vertex, in pred_order), gt_min [c,V] (in gt_order), both
+    the minimum over a set of vertices of the other side that holds every one closer than reach_mm;
+    pred_order, gt_order [c,V] (index of the vertex at each position); tolerance [c,1]: a bound of
+    the rounding of the minima (float32 expansion), in the dtype of pred.
+    """
+    c, n, _ = pred.shape
+    device = pred.device
+    # float32 tiles unless float32 matmuls may round coarser than IEEE (the rounding bound assumes it)
+    tile_dtype = torch.float32 if torch.get_float32_matmul_precision() == "highest" else pred.dtype
     centre = gt.mean(dim=1, keepdim=True)
-    pred = pred - centre
-    gt = gt - centre
-    batch, n_pred, n_gt = pred.shape[0], pred.shape[1], gt.shape[1]
-    pred32, gt32 = pred.float(), gt.float()
-    pred_sq, gt_sq = pred32.square().sum(-1, keepdim=True), gt32.square().sum(-1, keepdim=True)
-    pred_a, gt_b = torch.cat([pred32, torch.ones_like(pred_sq)], -1), torch.cat([-2 * gt32, gt_sq], -1)
-    gt_a, pred_b = torch.cat([gt32, torch.ones_like(gt_sq)], -1), torch.cat([-2 * pred32, pred_sq], -1)
-    chunk = max(1, _DISTANCE_BLOCK_ELEMENTS // max(1, n_pred * n_gt))
-    pred_to_gt, gt_to_pred = [], []
-    for start in range(0, batch, chunk):
-        stop = start + chunk
-        pred_to_gt.append(torch.bmm(pred_a[start:stop], gt_b[start:stop].transpose(1, 2)).amin(dim=2))
-        gt_to_pred.append(torch.bmm(gt_a[start:stop], pred_b[start:stop].transpose(1, 2)).amin(dim=2))
-    pred_to_gt = (torch.cat(pred_to_gt) + pred_sq[..., 0]).to(pred.dtype).clamp_(min=0)
-    gt_to_pred = (torch.cat(gt_to_pred) + gt_sq[..., 0]).to(pred.dtype).clamp_(min=0)
-    # Rounding bound of the float32 expansion, per sample (generous: 32 unit roundoffs of radius^2).
-    radius = pred.norm(dim=-1).amax(dim=1) + gt.norm(dim=-1).amax(dim=1)
-    tolerance = (16 * torch.finfo(torch.float32).eps * radius.square())[:, None]
-    for nearest, queries, targets in ((pred_to_gt, pred, gt), (gt_to_pred, gt, pred)):
-        unsure = torch.zeros_like(nearest, dtype=torch.bool)
-        for threshold in F_THRESHOLDS_MM:
-            unsure |= (nearest - threshold ** 2).abs() <= tolerance
-        sample, point = unsure.nonzero(as_tuple=True)
-        if sample.numel():
-            exact = (targets[sample] - queries[sample, point][:, None, :]).square().sum(-1).amin(dim=1)
-            nearest[sample, point] = exact
-    return pred_to_gt, gt_to_pred
+    pred_c = (pred - centre).to(tile_dtype)
+    gt_c = (gt - centre).to(tile_dtype)
+    gt_cov = gt_c.transpose(1, 2) @ gt_c
+    axis = torch.ones(c, 3, 1, dtype=tile_dtype, device=device)
+    for _ in range(3):  # power iteration: any unit axis is correct, the principal one prunes best
+        axis = gt_cov @ axis
+        axis = axis / axis.norm(dim=1, keepdim=True).clamp(min=1e-30)
+    pred_x, gt_x = (pred_c @ axis)[..., 0].float(), (gt_c @ axis)[..., 0].float()
+    pred_order, gt_order = _sort_order(pred_x).to(device), _sort_order(gt_x).to(device)
+    # |x(p) - x(g)| <= |p - g| up to the rounding of the projections, which this margin covers
+    reach = reach_mm + 1e-4 * (1 + torch.maximum(pred_x.abs().amax(dim=1), gt_x.abs().amax(dim=1)))
+
+    blocks = -(-n // _BLOCK)
+    padded = pred_order[:, torch.arange(blocks * _BLOCK, device=device).clamp(max=n - 1)]  # repeats the last
+    offsets = (torch.arange(c, device=device) * n)[:, None]
+    pred_s = pred_c.reshape(-1, 3).index_select(0, (padded + offsets).flatten()).reshape(c, -1, 3)
+    gt_s = gt_c.reshape(-1, 3).index_select(0, (gt_order + offsets).flatten()).reshape(c, n, 3)
+    pred_sq, gt_sq = _squared_norm(pred_s)[..., None], _squared_norm(gt_s)[..., None]
+    # |p - g|^2 = [p, |p|^2, 1] . [-2g, 1, |g|^2]; a last row of +inf stands for "outside the window"
+    pred_aug = torch.cat([pred_s, pred_sq, torch.ones_like(pred_sq)], -1).reshape(c * blocks, _BLOCK, 5)
+    gt_aug = torch.cat([-2 * gt_s, torch.ones_like(gt_sq), gt_sq], -1).reshape(c * n, 5)
+    gt_aug = torch.cat([gt_aug, gt_aug.new_tensor([[0.0, 0.0, 0.0, 0.0, math.inf]])])
+    gt_xs = gt_x.gather(1, gt_order)
+    pred_xs = pred_x.gather(1, padded)
+    low = torch.searchsorted(gt_xs, pred_xs[:, ::_BLOCK] - reach[:, None])
+    high = torch.searchsorted(gt_xs, pred_xs[:, _BLOCK - 1::_BLOCK] + reach[:, None], right=True)
+    # Tiles padded to the widest window of their group: grouping blocks by width wastes little.
+    low, count = (low + offsets).flatten(), (high - low).flatten()
+    pred_min = torch.empty(c * blocks, _BLOCK, dtype=tile_dtype, device=device)
+    gt_min = torch.full((c * n + 1,), math.inf, dtype=tile_dtype, device=device)
+    for group in count.argsort().tensor_split(_WIDTH_GROUPS):
+        width = int(count[group].max()) if len(group) else 0
+        if not width:
+            pred_min.index_fill_(0, group, math.inf)
+            continue
+        window = torch.arange(width, device=device)
+        window = torch.where(window < count[group, None], low[group, None] + window, c * n).flatten()
+        tiles = torch.bmm(pred_aug.index_select(0, group),
+                          gt_aug.index_select(0, window).reshape(len(group), width, 5).transpose(1, 2))
+        pred_min.index_copy_(0, group, tiles.amin(dim=2))
+        gt_min.scatter_reduce_(0, window, tiles.amin(dim=1).flatten(), "amin")
+    # rounding bound of the expanded form (about 8 units of |p|^2 + |g|^2; generous by 2x)
+    tolerance = 16 * torch.finfo(tile_dtype).eps * (pred_sq.amax(dim=(1, 2)) + gt_sq.amax(dim=(1, 2)))
+    return (pred_min.reshape(c, -1)[:, :n], gt_min[:-1].reshape(c, n), pred_order, gt_order,
+            tolerance.to(pred.dtype)[:, None])
+
+
+def _exact_nearest_sq(queries: torch.Tensor, targets: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+    """Squared distance (`_squared_norm`) of each query [q,3] to its nearest point of targets[sample] [q]
+    (targets [c,V,3]), by brute force in pieces of a bounded size."""
+    step = max(1, (1 << 20) // targets.shape[1])
+    return torch.cat([_squared_norm(targets.index_select(0, sample[i:i + step]) - queries[i:i + step, None]).amin(dim=1)
+                      for i in range(0, len(queries), step)])
 
 
 @torch.no_grad()
@@ -143,7 +275,6 @@ def per_sample_errors(
     batch, num_joints = gt_j.shape[:2]
     if pred_j.shape != gt_j.shape or gt_j.shape[-1] != 3:
         raise ValueError(f"joints: pred {tuple(pred_j.shape)} and gt {tuple(gt_j.shape)} must both be [B,J,3]")
-    nan = torch.tensor(math.nan, dtype=dtype, device=device)
 
     j_valid = _bool_mask(joints_valid, (batch, num_joints), device)
     root_valid = j_valid[:, root_index]
@@ -151,14 +282,13 @@ def per_sample_errors(
     ra_valid = j_valid & (root_valid & (j_valid.sum(dim=1) > 1))[:, None]
     pred_root = pred_j[:, root_index:root_index + 1]
     gt_root = gt_j[:, root_index:root_index + 1]
-    joints_err = torch.linalg.norm((pred_j - pred_root) - (gt_j - gt_root), dim=-1)
+    joints_err = _squared_norm((pred_j - pred_root) - (gt_j - gt_root)).sqrt()
     pa_valid = j_valid.all(dim=1)
-    pred_j_pa = _safe_procrustes(pred_j, gt_j, pa_valid)
-    joints_pa_err = torch.linalg.norm(pred_j_pa - gt_j, dim=-1)
+    joints_pa_err = _squared_norm(_procrustes_aligned(pred_j, gt_j, pa_valid) - gt_j).sqrt()
     errors = {
-        "joints_err_mm": torch.where(ra_valid, joints_err, nan),
+        "joints_err_mm": torch.where(ra_valid, joints_err, math.nan),
         "joints_valid": ra_valid.to(dtype),
-        "joints_pa_err_mm": torch.where(pa_valid[:, None], joints_pa_err, nan),
+        "joints_pa_err_mm": torch.where(pa_valid[:, None], joints_pa_err, math.nan),
         "joints_pa_valid": pa_valid.to(dtype),
     }
 
@@ -171,31 +301,36 @@ def per_sample_errors(
             raise ValueError(f"verts: pred {tuple(pred_v.shape)} and gt {tuple(gt_v.shape)} must both be [B,V,3]")
         v_valid = _bool_mask(verts_valid, (batch,), device)
     else:
-        pred_v = gt_v = torch.zeros(batch, num_verts, 3, dtype=dtype, device=device)
         v_valid = torch.zeros(batch, dtype=torch.bool, device=device)
     v_ra_valid = v_valid & root_valid
-    verts_err = torch.linalg.norm((pred_v - pred_root) - (gt_v - gt_root), dim=-1)
-    pred_v_pa = _safe_procrustes(pred_v, gt_v, v_valid)
-    verts_pa_err = torch.linalg.norm(pred_v_pa - gt_v, dim=-1)
-    errors["verts_err_mm"] = torch.where(v_ra_valid[:, None], verts_err, nan)
-    errors["verts_valid"] = v_ra_valid.to(dtype)
-    errors["verts_pa_err_mm"] = torch.where(v_valid[:, None], verts_pa_err, nan)
-    errors["verts_pa_valid"] = v_valid.to(dtype)
-
+    verts_err = torch.full((batch, num_verts), math.nan, dtype=dtype, device=device)
+    verts_pa_err = verts_err.clone()
+    hits = torch.zeros(batch, 2, len(F_THRESHOLDS_MM), dtype=torch.int64, device=device)
+    f_ok = torch.zeros(batch, dtype=torch.bool, device=device)
     if bool(v_valid.any()):
-        pred_to_gt, gt_to_pred = _nearest_squared_distances(pred_v_pa[v_valid], gt_v[v_valid])
-    for threshold in F_THRESHOLDS_MM:
-        precision = torch.full((batch,), math.nan, dtype=dtype, device=device)
-        recall = precision.clone()
-        if bool(v_valid.any()):
-            # NaN distances (non-finite predictions) must give NaN, not a miss.
-            hit_p = (pred_to_gt < threshold ** 2).to(dtype).mean(dim=1)
-            hit_r = (gt_to_pred < threshold ** 2).to(dtype).mean(dim=1)
-            bad = ~torch.isfinite(pred_to_gt).all(dim=1) | ~torch.isfinite(gt_to_pred).all(dim=1)
-            precision[v_valid] = torch.where(bad, nan, hit_p)
-            recall[v_valid] = torch.where(bad, nan, hit_r)
-        errors[f"precision_{_threshold_key(threshold)}"] = precision
-        errors[f"recall_{_threshold_key(threshold)}"] = recall
+        root_offset = pred_root - gt_root
+        for start in range(0, batch, _CHUNK_SAMPLES):
+            part = slice(start, start + _CHUNK_SAMPLES)
+            pred_part, gt_part = pred_v[part], gt_v[part]
+            verts_err[part] = _squared_norm(pred_part - gt_part - root_offset[part]).sqrt()
+            aligned = _procrustes_aligned(pred_part, gt_part, v_valid[part])
+            to_own_sq = _squared_norm(aligned - gt_part)
+            verts_pa_err[part] = to_own_sq.sqrt()
+            # a non-finite prediction gives NaN F-scores, not misses
+            usable = v_valid[part] & torch.isfinite(to_own_sq).all(dim=1)
+            f_ok[part] = usable
+            if bool(usable.all()):
+                hits[part] = _f_score_hits(aligned, gt_part, to_own_sq)
+            elif bool(usable.any()):
+                hits[part][usable] = _f_score_hits(aligned[usable], gt_part[usable], to_own_sq[usable])
+    errors["verts_err_mm"] = torch.where(v_ra_valid[:, None], verts_err, math.nan)
+    errors["verts_valid"] = v_ra_valid.to(dtype)
+    errors["verts_pa_err_mm"] = torch.where(v_valid[:, None], verts_pa_err, math.nan)
+    errors["verts_pa_valid"] = v_valid.to(dtype)
+    shares = torch.where(f_ok[:, None, None], hits.to(dtype) / num_verts, math.nan)
+    for k, threshold in enumerate(F_THRESHOLDS_MM):
+        errors[f"precision_{_threshold_key(threshold)}"] = shares[:, 0, k]
+        errors[f"recall_{_threshold_key(threshold)}"] = shares[:, 1, k]
     return errors
 
 
@@ -232,15 +367,24 @@ def _auc_scores(err: torch.Tensor) -> torch.Tensor:
     weights[:-1] += steps / 2
     weights[1:] += steps / 2
     tail = torch.cat([weights.flip(0).cumsum(0).flip(0), weights.new_zeros(1)]) / weights.sum()
-    first_reached = torch.searchsorted(thresholds, err.contiguous(), right=False)
-    score = tail[first_reached.clamp(max=thresholds.numel())]
-    return torch.where(torch.isnan(err), err, score)
+    # First threshold >= e: the thresholds are evenly spaced, so an estimate off by at most one step,
+    # then one exact correction each way against the thresholds themselves (as searchsorted would give).
+    count = thresholds.numel()
+    table = torch.cat([thresholds.new_full((1,), -math.inf), thresholds, thresholds.new_full((1,), math.inf)])
+    first = ((err.nan_to_num(0.0) - thresholds[0]) / steps[0]).ceil_().clamp_(0, count).long()
+    first += (table[first + 1] < err).long()
+    first -= (table[first] >= err).long()
+    return torch.where(torch.isnan(err), err, tail[first])
 
 
-def _keypoint_metrics(errors: dict[str, torch.Tensor], err_key: str, valid_key: str) -> tuple[float, float]:
+def _keypoint_metrics(errors: dict[str, torch.Tensor], err_key: str, valid_key: str,
+                      with_auc: bool = True) -> tuple[float, float]:
+    """Mean error and AUC (NaN unless `with_auc`) of one error kind, per keypoint then averaged."""
     err = errors[err_key]
     valid = _valid_mask(errors, valid_key, err)
     mean = _mean_over_keypoints(_per_keypoint_mean(err, valid), valid)
+    if not with_auc:
+        return mean, math.nan
     auc = _mean_over_keypoints(_per_keypoint_mean(_auc_scores(err), valid), valid)
     return mean, auc
 
@@ -262,8 +406,8 @@ def summarize(errors: dict[str, torch.Tensor]) -> dict[str, float]:
     Returns: mpjpe, mpvpe, pa_mpjpe, pa_mpvpe, f_5mm, f_15mm, auc_j, auc_v (floats, NaN when no
     sample has the data) and num_samples (int). AUCs are on the Procrustes-aligned errors.
     """
-    mpjpe, _ = _keypoint_metrics(errors, "joints_err_mm", "joints_valid")
-    mpvpe, _ = _keypoint_metrics(errors, "verts_err_mm", "verts_valid")
+    mpjpe, _ = _keypoint_metrics(errors, "joints_err_mm", "joints_valid", with_auc=False)
+    mpvpe, _ = _keypoint_metrics(errors, "verts_err_mm", "verts_valid", with_auc=False)
     pa_mpjpe, auc_j = _keypoint_metrics(errors, "joints_pa_err_mm", "joints_pa_valid")
     pa_mpvpe, auc_v = _keypoint_metrics(errors, "verts_pa_err_mm", "verts_pa_valid")
     return {
