@@ -186,3 +186,73 @@ def test_ensure_dataset_writes_the_synthetic_set_once(tmp_path):
     lines.clear()
     ensure_dataset(cfg, log=lines.append)  # present now: nothing written, nothing said
     assert lines == []
+
+
+def test_synth_frame_images_round_trip_exactly(tmp_path):
+    """The PNGs the writer makes decode to exactly what it was given (RGB) and to HO3D's depth units."""
+    import cv2
+
+    from utnet.data.ho3d import DEPTH_UNIT_M, decode_depth_m, encode_depth_m
+    from utnet.data.synth import write_frame_images
+
+    rng = np.random.default_rng(0)
+    bgr8 = rng.integers(0, 256, size=(480, 640, 3), dtype=np.uint8)
+    depth_m = rng.uniform(0.0, 8.0, size=(480, 640)).astype(np.float32)
+    depth_m[:, ::5] = 0.0  # no measurement
+    for version in ("v2", "v3"):
+        seq = tmp_path / version
+        for d in ("rgb", "depth"):
+            (seq / d).mkdir(parents=True)
+        write_frame_images(seq, "0007", bgr8, depth_m, version)
+        depth_png = seq / "depth" / "0007.png"
+        depth_bgr = cv2.imread(str(depth_png), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(depth_bgr, encode_depth_m(depth_m))
+        assert np.abs(decode_depth_m(depth_bgr) - depth_m).max() <= 0.51 * DEPTH_UNIT_M  # rounded to HO3D's unit
+        assert depth_png.stat().st_size <= 640 * 480 * 3 + 4096  # an 8-bit RGB PNG, not a bigger encoding
+    rgb_png = tmp_path / "v2" / "rgb" / "0007.png"
+    np.testing.assert_array_equal(cv2.imread(str(rgb_png), cv2.IMREAD_UNCHANGED), bgr8)
+    assert rgb_png.stat().st_size <= 640 * 480 * 3 + 4096
+    jpg = cv2.imread(str(tmp_path / "v3" / "rgb" / "0007.jpg"))  # v3: lossy like HO3D v3's own .jpg
+    assert jpg.shape == (480, 640, 3) and not (tmp_path / "v3" / "rgb" / "0007.png").exists()
+
+
+def test_render_depth_coverage_and_occlusion():
+    """Two fronto-parallel squares: the nearer one hides the other, depth is the plane's own, and
+    the covered pixels are the pixel centres inside each projected square."""
+    from utnet.data.render import box_mesh, render_meshes
+
+    K = np.array([[500.0, 0.0, 80.0], [0.0, 500.0, 60.0], [0.0, 0.0, 1.0]])
+    near = box_mesh([0.02, 0.02, 0.001], np.eye(3), [0.0, 0.0, 0.5], [1.0, 0.0, 0.0])      # 40 px wide, z 0.499
+    far = box_mesh([0.03, 0.015, 0.001], np.eye(3), [0.0125, 0.0125, 0.6], [0.0, 1.0, 0.0])  # to the lower right
+    background = np.full((120, 160, 3), 0.5, np.float32)
+    image, depth, mesh_id = render_meshes([near, far], K, background, np.full((120, 160), 2.0, np.float32),
+                                          cull_back=True)
+    v, u = np.mgrid[0:120, 0:160]
+    in_near = (np.abs(u - 80) <= 20) & (np.abs(v - 60) <= 20)  # front face x,y in +-0.02 m at z 0.499
+    x_far, y_far = (u - 80) * 0.599 / 500, (v - 60) * 0.599 / 500
+    in_far = (np.abs(x_far - 0.0125) < 0.03) & (np.abs(y_far - 0.0125) < 0.015) & ~in_near
+    inside = (np.abs(u - 80) < 20) & (np.abs(v - 60) < 20)  # away from the square's edges
+    np.testing.assert_array_equal(mesh_id[inside], 0)
+    assert (mesh_id[in_near] == 0).mean() > 0.99 and (mesh_id[in_far] == 1).mean() > 0.97
+    assert ((mesh_id >= 0) == (in_near | in_far)).mean() > 0.995  # only edge pixels may differ
+    np.testing.assert_allclose(depth[inside], 0.499, atol=1e-6)
+    np.testing.assert_allclose(depth[in_far & (np.abs(x_far - 0.0125) < 0.029)], 0.599, atol=1e-6)
+    assert (depth[mesh_id < 0] == 2.0).all() and (image[mesh_id < 0] == 0.5).all()
+    assert (image[inside][:, 0] > 0.2).all() and (image[inside][:, 1:] == 0).all()  # lit red
+
+
+def test_synth_parallel_writes_the_same_files(tmp_path, monkeypatch):
+    """Worker processes (sequences handed out from a shared counter) write byte for byte what one process writes."""
+    import os
+
+    from utnet.data import synth
+
+    serial = synth.write_synthetic(tmp_path / "serial", sequences=2, frames=2, seed=4)
+    monkeypatch.setattr(synth, "PARALLEL_MIN_FRAMES", 1)
+    parallel = synth.write_synthetic(tmp_path / "parallel", sequences=2, frames=2, seed=4)
+    assert serial["processes"] == 1 and parallel["processes"] == min(os.cpu_count() or 1, 3)
+    files = sorted(p.relative_to(tmp_path / "serial") for p in (tmp_path / "serial").rglob("*") if p.is_file())
+    assert len(files) == 5 + 3 * 2 * 3  # 2 txt, 2 json, info; 3 sequences x 2 frames x (rgb, depth, meta)
+    for rel in files:
+        if rel.name != "synthetic_info.json":
+            assert md5(tmp_path / "serial" / rel) == md5(tmp_path / "parallel" / rel), rel

@@ -10,6 +10,7 @@ The same seed writes the same files.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from utnet.data.ho3d import encode_depth_m
-from utnet.data.render import Mesh, box_corners, box_mesh, cap_hole, render_meshes
+from utnet.data.render import Mesh, box_corners, box_mesh, cap_hole, shade_meshes
 from utnet.errors import UserError
 from utnet.geometry import (OPENGL_TO_OPENCV, axis_angle_to_matrix, axis_angle_to_matrix_np, flip_opengl_opencv,
                             matrix_to_axis_angle_np, project_points, rotate_mano_root)
@@ -38,8 +39,12 @@ SKIN_TONES = np.array([[0.95, 0.78, 0.67], [0.89, 0.68, 0.55], [0.80, 0.58, 0.44
 DEPTH_RANGE_M = (0.35, 0.8)
 OCCLUDER_PROB = 0.35
 PARALLEL_MIN_FRAMES = 200  # below this, starting worker processes costs more than it saves
-PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
-            cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]  # fast to write and to read
+# PNGs are stored uncompressed (still lossless, 0.92 MB at 640x480): ~1 ms to write and ~1.5 ms to read.
+# zlib's cheapest compression (level 1, Huffman only, Sub filter; 0.43-0.54 MB) costs ~11 ms to write and
+# ~7 ms to read per image, half of a frame's budget; other filters and strategies, or a numpy Huffman
+# writer of our own, were no faster (measured).
+PNG_OPTIONS = [cv2.IMWRITE_PNG_COMPRESSION, 0, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+JPEG_OPTIONS = [cv2.IMWRITE_JPEG_QUALITY, 92]
 
 
 def _sequence_names(prefix: str, n: int) -> list[str]:
@@ -143,19 +148,34 @@ def _object_pose(rng, joints_m: np.ndarray, plane_depth: np.ndarray, K: np.ndarr
 
 
 def _sensor_depth(rng, depth_m: np.ndarray, noise: np.ndarray, uniform: np.ndarray) -> np.ndarray:
-    """Depth as a sensor sees it: noise growing with distance, holes at edges, dropouts and blobs."""
-    sigma = 0.001 + 0.0025 * depth_m * depth_m
-    out = depth_m + sigma * noise
+    """Depth [480,640] float32 metres as a sensor sees it (0 = no measurement): noise growing with
+    distance, holes at depth edges, dropouts and blobs. depth_m is not modified."""
+    out = depth_m * np.float32(0.0025)  # sigma = 0.001 + 0.0025 z^2, in place: a frame is 1.2 MB per pass
+    out *= depth_m
+    out += np.float32(0.001)
+    out *= noise
+    out += depth_m
     grad = cv2.morphologyEx(depth_m, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
-    out[(grad > 0.03) & (uniform < 0.6)] = 0.0
-    out[uniform > 0.99] = 0.0
+    dropped = ((grad > 0.03) & (uniform < 0.6)) | (uniform > 0.99)
     holes = np.zeros(depth_m.shape, np.uint8)
     for _ in range(rng.integers(0, 4)):
         centre = (int(rng.integers(0, IMAGE_W)), int(rng.integers(0, IMAGE_H)))
         axes = (int(rng.integers(3, 25)), int(rng.integers(3, 15)))
         cv2.ellipse(holes, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
-    out[holes > 0] = 0.0
+    dropped |= holes.view(bool)
+    np.copyto(out, 0.0, where=dropped)
     return out
+
+
+def write_frame_images(seq_dir: Path, frame: str, bgr8: np.ndarray, depth_m: np.ndarray, version: str) -> None:
+    """Write one frame's images as HO3D does: seq_dir/rgb/<frame>.png (v2) or .jpg (v3) from bgr8
+    [480,640,3] uint8 (cv2's BGR order), and seq_dir/depth/<frame>.png from depth_m [480,640] metres
+    (0 = no measurement) in HO3D's two-channel encoding (`encode_depth_m`). PNGs are lossless."""
+    if version == "v3":
+        cv2.imwrite(str(seq_dir / "rgb" / f"{frame}.jpg"), bgr8, JPEG_OPTIONS)
+    else:
+        cv2.imwrite(str(seq_dir / "rgb" / f"{frame}.png"), bgr8, PNG_OPTIONS)
+    cv2.imwrite(str(seq_dir / "depth" / f"{frame}.png"), encode_depth_m(depth_m), PNG_OPTIONS)
 
 
 def _box_to_opengl(R_cv: np.ndarray, t_cv: np.ndarray):
@@ -177,7 +197,7 @@ def _contact_fields(verts_m: np.ndarray, half: np.ndarray, R: np.ndarray, centre
 
 
 def _write_sequence(root: Path, folder: str, seq: str, seq_seed, n_frames: int, layer, sample_pose, version: str,
-                    hand_axes, faces: np.ndarray) -> list[dict]:
+                    hand_axes, faces: np.ndarray) -> tuple[list[dict], float]:
     """Render and write one sequence; returns (per-frame ground truth (OpenGL metres, HO3D order),
     CPU seconds this process spent on it)."""
     start_cpu = time.process_time()
@@ -209,8 +229,9 @@ def _write_sequence(root: Path, folder: str, seq: str, seq_seed, n_frames: int, 
     verts_all = out.vertices.double().numpy()
     joints_all = out.joints.double().numpy()
 
+    seq_dir = root / folder / seq
     for d in ("rgb", "depth", "meta"):
-        (root / folder / seq / d).mkdir(parents=True, exist_ok=True)
+        (seq_dir / d).mkdir(parents=True, exist_ok=True)
     records = []
     for i in range(n_frames):
         frame = f"{i:04d}"
@@ -222,22 +243,21 @@ def _write_sequence(root: Path, folder: str, seq: str, seq_seed, n_frames: int, 
         half, R_obj, c_obj = _object_pose(rng, joints_cv, bg_depth, K, occlude)
         obj_color_bgr = rng.uniform(0.05, 0.95, size=3)
         light = np.array([rng.normal(0, 0.4), rng.normal(-0.4, 0.3), -1.0])
-        image, depth, _ = render_meshes(
-            [Mesh(hand_verts, capped_faces, vert_colors), box_mesh(half, R_obj, c_obj, obj_color_bgr)], K, bg_bgr, bg_depth,
+        pix, color_bgr, depth_px, _ = shade_meshes(
+            [Mesh(hand_verts, capped_faces, vert_colors), box_mesh(half, R_obj, c_obj, obj_color_bgr)], K, (IMAGE_H, IMAGE_W),
             light_dir=light, ambient=rng.uniform(0.25, 0.4), diffuse=rng.uniform(0.55, 0.75), cull_back=True)
         oy, ox = int(rng.integers(0, IMAGE_H)), int(rng.integers(0, IMAGE_W))
         gain = rng.uniform(0.85, 1.15)
-        noisy = cv2.scaleAdd(image, 255.0 * gain, rgb_noise[oy:oy + IMAGE_H, ox:ox + IMAGE_W])
-        bgr8 = cv2.convertScaleAbs(cv2.max(noisy, 0.0))  # saturating cast to uint8
+        # sensor gain and noise (saturating cast to uint8) over the background, then over the meshes' pixels
+        bgr8 = cv2.addWeighted(bg_bgr, 255.0 * gain, rgb_noise[oy:oy + IMAGE_H, ox:ox + IMAGE_W], 1.0, 0.0, dtype=cv2.CV_8U)
+        at_bank = (pix // IMAGE_W + oy) * (2 * IMAGE_W) + pix % IMAGE_W + ox  # the same noise pixels, in the bank
+        mesh_bgr = color_bgr * np.float32(255.0 * gain) + np.take(rgb_noise.reshape(-1, 3), at_bank, axis=0)
+        bgr8.reshape(-1, 3)[pix] = np.clip(np.rint(mesh_bgr), 0, 255)
+        depth = bg_depth.copy()
+        depth.reshape(-1)[pix] = depth_px
         depth = _sensor_depth(rng, depth, depth_noise[oy:oy + IMAGE_H, ox:ox + IMAGE_W],
                               uniform_bank[oy:oy + IMAGE_H, ox:ox + IMAGE_W])
-
-        base = root / folder / seq
-        if version == "v3":
-            cv2.imwrite(str(base / "rgb" / f"{frame}.jpg"), bgr8, [cv2.IMWRITE_JPEG_QUALITY, 92])
-        else:
-            cv2.imwrite(str(base / "rgb" / f"{frame}.png"), bgr8, PNG_FAST)
-        cv2.imwrite(str(base / "depth" / f"{frame}.png"), encode_depth_m(depth), PNG_FAST)
+        write_frame_images(seq_dir, frame, bgr8, depth, version)
 
         go_gl, transl_gl = rotate_mano_root(OPENGL_TO_OPENCV, global_orient[i], transl, J0)
         joints_gl_ho3d = flip_opengl_opencv(joints_cv[CANONICAL_TO_HO3D])
@@ -266,7 +286,7 @@ def _write_sequence(root: Path, folder: str, seq: str, seq_seed, n_frames: int, 
                                              float(uv[:, 0].max()), float(uv[:, 1].max())]})
         if version == "v3":
             meta.update(_contact_fields(verts_cv, half, R_obj, c_obj))
-        with open(base / "meta" / f"{frame}.pkl", "wb") as f:
+        with open(seq_dir / "meta" / f"{frame}.pkl", "wb") as f:
             pickle.dump(meta, f, protocol=2)
         records.append({"name": f"{seq}/{frame}", "joints_gl": joints_gl_ho3d, "verts_gl": verts_gl})
     return records, time.process_time() - start_cpu
@@ -275,14 +295,18 @@ def _write_sequence(root: Path, folder: str, seq: str, seq_seed, n_frames: int, 
 _WORKER_STATE: dict = {}
 
 
-def _init_worker(mano_model_path) -> None:
+def _init_worker(mano_model_path, next_job=None, jobs=()) -> None:
+    """Set up a rendering process (the caller or a spawned worker): one thread, the MANO layer, and
+    the job list with its shared counter of the next job to take."""
     from utnet.mano import ManoLayer, sample_natural_hand_pose
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    layer = ManoLayer(model_path=mano_model_path, tip_vertex_ids="ho3d")
-    _WORKER_STATE.update(layer=layer, path=mano_model_path, sample_pose=sample_natural_hand_pose, hand_axes=_hand_axes(layer),
-                         faces=layer.faces.cpu().numpy().astype(np.int64))
+    if "layer" not in _WORKER_STATE or _WORKER_STATE["path"] != mano_model_path:
+        layer = ManoLayer(model_path=mano_model_path, tip_vertex_ids="ho3d")
+        _WORKER_STATE.update(layer=layer, path=mano_model_path, sample_pose=sample_natural_hand_pose,
+                             hand_axes=_hand_axes(layer), faces=layer.faces.cpu().numpy().astype(np.int64))
+    _WORKER_STATE.update(next_job=next_job, jobs=jobs)
 
 
 def _run_job(job):
@@ -290,6 +314,44 @@ def _run_job(job):
     st = _WORKER_STATE
     return _write_sequence(Path(root), folder, seq, seq_seed, n_frames, st["layer"], st["sample_pose"], version,
                            st["hand_axes"], st["faces"])
+
+
+def _run_jobs() -> list[tuple[int, tuple]]:
+    """Render jobs until none is left, each time taking the next index from the shared counter (a worker
+    that starts late takes fewer); returns [(job index, result of `_write_sequence`)]."""
+    next_job, jobs = _WORKER_STATE["next_job"], _WORKER_STATE["jobs"]
+    done = []
+    while True:
+        with next_job.get_lock():
+            k = next_job.value
+            next_job.value += 1
+        if k >= len(jobs):
+            return done
+        done.append((k, _run_job(jobs[k])))
+
+
+def _render_jobs(jobs: list, processes: int, mano_model_path) -> list:
+    """Results of `_write_sequence` for every job, in job order, rendered by this process and
+    processes - 1 spawned workers (the caller has torch loaded already; a worker imports it first)."""
+    ctx = multiprocessing.get_context("spawn")  # torch's thread pools do not survive fork
+    next_job = ctx.Value("i", 0)
+    threads = (torch.get_num_threads(), cv2.getNumThreads())  # the caller's settings come back after
+    try:
+        with contextlib.ExitStack() as stack:
+            pending = []
+            if processes > 1:
+                pool = stack.enter_context(ctx.Pool(processes - 1, initializer=_init_worker,
+                                                    initargs=(mano_model_path, next_job, jobs)))
+                pending = [pool.apply_async(_run_jobs) for _ in range(processes - 1)]
+            _init_worker(mano_model_path, next_job, jobs)
+            done = _run_jobs()
+            for p in pending:
+                done += p.get()
+    finally:
+        _WORKER_STATE.update(next_job=None, jobs=())
+        torch.set_num_threads(threads[0])
+        cv2.setNumThreads(threads[1])
+    return [result for _, result in sorted(done, key=lambda d: d[0])]
 
 
 def _mano_source(mano_model_path) -> str:
@@ -333,29 +395,18 @@ def write_synthetic(out_dir, version: str = "v2", sequences: int = 8, frames: in
         eval_seqs = _sequence_names(EVAL_PREFIX, max(1, sequences // 4))
         jobs = [(str(tmp), "train", seq, (seed, 0, k), frames, version) for k, seq in enumerate(train_seqs)]
         jobs += [(str(tmp), "evaluation", seq, (seed, 1, k), eval_frames, version) for k, seq in enumerate(eval_seqs)]
-        # Sequences are independent (own seed): big sets render on every core, small ones in-process.
+        # Sequences are independent (own seed): big sets render on every core (this process and spawned
+        # workers), small ones in this process only.
         workers = min(os.cpu_count() or 1, len(jobs)) if len(jobs) * max(frames, eval_frames) >= PARALLEL_MIN_FRAMES else 1
-        if workers > 1:
-            ctx = multiprocessing.get_context("spawn")  # torch's thread pools do not survive fork
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(mano_model_path,)) as pool:
-                results = pool.map(_run_job, jobs, chunksize=1)
-        else:  # one thread like the workers (same numbers either way); the caller's settings come back after
-            threads = (torch.get_num_threads(), cv2.getNumThreads())
-            try:
-                _init_worker(mano_model_path)
-                results = [_run_job(job) for job in jobs]
-            finally:
-                torch.set_num_threads(threads[0])
-                cv2.setNumThreads(threads[1])
+        results = _render_jobs(jobs, workers, mano_model_path)
         train_lines = [r["name"] for (recs, _), job in zip(results, jobs) if job[1] == "train" for r in recs]
         eval_records = [r for (recs, _), job in zip(results, jobs) if job[1] == "evaluation" for r in recs]
         cpu = sum(c for _, c in results)
         (tmp / "train.txt").write_text("\n".join(train_lines) + "\n")
         (tmp / "evaluation.txt").write_text("\n".join(r["name"] for r in eval_records) + "\n")
-        with open(tmp / "evaluation_xyz.json", "w") as f:
-            json.dump(np.round([r["joints_gl"] for r in eval_records], 7).tolist(), f)
-        with open(tmp / "evaluation_verts.json", "w") as f:
-            json.dump(np.round([r["verts_gl"] for r in eval_records], 7).tolist(), f)
+        # json.dumps, not json.dump: dump runs the pure-Python encoder, ten times slower on 778 x 3 vertices a frame
+        (tmp / "evaluation_xyz.json").write_text(json.dumps(np.round([r["joints_gl"] for r in eval_records], 7).tolist()))
+        (tmp / "evaluation_verts.json").write_text(json.dumps(np.round([r["verts_gl"] for r in eval_records], 7).tolist()))
         seconds = time.perf_counter() - start_wall
         n_total = len(train_lines) + len(eval_records)
         summary = {
