@@ -150,3 +150,16 @@ def test_metre_millimetre_factors_live_only_in_their_one_place():
             if value == 1000.0 and neighbours & {"*", "/", "*=", "/="}:
                 offenders.append(f"{rel}:{tok.start[0]}")
     assert not offenders, f"metre/millimetre factor outside its one place: {offenders}"
+
+
+def test_procrustes_leading_dimensions_and_a_non_finite_sample():
+    rng = np.random.default_rng(5)
+    gt = torch.tensor(rng.normal(size=(2, 3, 21, 3)) * 50)
+    pred = gt + torch.tensor(rng.normal(size=gt.shape) * 10)
+    pred[1, 2, 4, 0] = float("nan")
+    out = g.procrustes_align(pred, gt)
+    flat = g.procrustes_align(pred.reshape(6, 21, 3), gt.reshape(6, 21, 3)).reshape(out.shape)
+    torch.testing.assert_close(out, flat, equal_nan=True)
+    assert torch.isnan(out[1, 2]).all() and torch.isfinite(out.reshape(6, 21, 3)[:5]).all()
+    ref = np.stack([_official_align(gt.reshape(6, 21, 3)[i].numpy(), pred.reshape(6, 21, 3)[i].numpy()) for i in range(5)])
+    np.testing.assert_allclose(out.reshape(6, 21, 3)[:5].numpy(), ref, atol=1e-9)

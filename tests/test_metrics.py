@@ -255,8 +255,6 @@ def test_fast_f_score_search_equals_brute_force_on_realistic_hands():
 
 
 def test_procrustes_matches_the_svd_definition_with_reflections_and_degenerate_samples():
-    from utnet.geometry import procrustes_align
-
     pred_j, gt_j, _, _ = _hands(6, seed=13)
     pred_j[1] *= [-1.0, 1.0, 1.0]  # a mirror image: the official protocol keeps the reflection
     pred_j[2] = pred_j[2, :1]  # all points equal
@@ -264,7 +262,12 @@ def test_procrustes_matches_the_svd_definition_with_reflections_and_degenerate_s
     gt_j[4] = np.linspace(0, 1, 21)[:, None] * [1.0, 2.0, 3.0]  # collinear gt
     pred, gt = _t(pred_j, gt_j)
     ours = M._procrustes_aligned(pred, gt, torch.ones(6, dtype=torch.bool))
-    np.testing.assert_allclose(ours.numpy(), procrustes_align(pred, gt).numpy(), atol=1e-9)
+    reference = np.stack([_ref_align(gt_j[i], pred_j[i]) for i in range(6)])  # scipy's SVD, per sample
+    unique = [0, 1, 2, 3, 5]  # a collinear gt (4) leaves the rotation about its line free: LAPACK drivers differ
+    np.testing.assert_allclose(ours.numpy()[unique], reference[unique], atol=1e-9)
+    # ... but not the per-point error, which is what the metrics use
+    np.testing.assert_allclose(np.linalg.norm(ours.numpy()[4] - gt_j[4], axis=-1),
+                               np.linalg.norm(reference[4] - gt_j[4], axis=-1), atol=1e-9)
     skipped = M._procrustes_aligned(pred, gt, torch.tensor([True, False, True, True, True, True]))
     assert torch.isnan(skipped[1]).all() and torch.isfinite(skipped[0]).all()
 

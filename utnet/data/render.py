@@ -130,15 +130,6 @@ def rasterize_pixels(verts_m: np.ndarray, faces: np.ndarray, K: np.ndarray, size
     return pix, kept[f], zf, bary
 
 
-def rasterize(verts_m: np.ndarray, faces: np.ndarray, K: np.ndarray, size: tuple[int, int], cull_back: bool = False):
-    """Full-image form of `rasterize_pixels`: (depth_m [H,W] (0 = empty), face_id [H,W] (-1 = empty), bary [H,W,3])."""
-    H, W = size
-    depth, face_id, bary = np.zeros(H * W), np.full(H * W, -1, dtype=np.int64), np.zeros((H * W, 3))
-    pix, f, d, b = rasterize_pixels(verts_m, faces, K, size, cull_back)
-    depth[pix], face_id[pix], bary[pix] = d, f, b
-    return depth.reshape(H, W), face_id.reshape(H, W), bary.reshape(H, W, 3)
-
-
 def shade_meshes(meshes: list[Mesh], K: np.ndarray, size: tuple[int, int], light_dir=(0.3, -0.5, -1.0),
                  ambient: float = 0.35, diffuse: float = 0.75, cull_back: bool = False):
     """Render meshes together (one z-buffer) with two-sided Lambert shading; only the covered pixels.

@@ -35,6 +35,7 @@ import math
 import numpy as np
 import torch
 
+from utnet.geometry import procrustes_align
 from utnet.joints import NUM_VERTS, ROOT_INDEX
 
 AUC_THRESHOLDS_MM = np.linspace(0.0, 50.0, 100)
@@ -68,57 +69,10 @@ def _squared_norm(d: torch.Tensor) -> torch.Tensor:
     return x * x + y * y + z * z
 
 
-def _polar(m: torch.Tensor, iterations: int = 7) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Orthogonal polar factor R of each m [B,3,3] (= U Vh of its SVD, a reflection where det m < 0),
-    the sum of its singular values [B] (= trace(R^T m)), and whether both are settled [B] bool.
-
-    Newton's iteration X <- (X + X^-T) / 2 (determinant-scaled for the first steps) converges
-    quadratically from X = m and is far cheaper than a batched LAPACK SVD of 3x3 matrices. Not
-    settled: a step that had not converged, a nearly singular m (its polar factor is then not
-    unique: the caller asks the SVD, as the official protocol does) and a non-finite m (NaN).
-    """
-    x = m
-    for step in range(iterations):
-        # rows of the cofactor matrix: r1 x r2, r2 x r0, r0 x r1, so x^-T = cof / det
-        cof = torch.linalg.cross(x.roll(-1, dims=1), x.roll(-2, dims=1), dim=-1)
-        det = (x[:, 0] * cof[:, 0]).sum(-1)[:, None, None]
-        if step == 0:
-            m_det = det[:, 0, 0]
-        if step < 3:
-            gamma = det.abs().pow(-1.0 / 3.0)
-            x_next = 0.5 * (gamma * x + cof / (gamma * det))
-        else:
-            x_next = 0.5 * (x + cof / det)
-        change, x = (x_next - x).abs().amax(dim=(1, 2)), x_next
-    # quadratic convergence: the last step's change squared bounds the remaining error
-    settled = (change <= 1e-9) & (m_det.abs() > 1e-6 * m.square().sum(dim=(1, 2)) ** 1.5)
-    return x, (x * m).sum(dim=(1, 2)), settled
-
-
-def _procrustes_aligned(pred: torch.Tensor, gt: torch.Tensor, ok: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """`utnet.geometry.procrustes_align` (official HO3D similarity Procrustes) for samples where `ok` [B].
-
-    pred, gt [B,N,3] (same unit); returns pred aligned to gt [B,N,3], NaN for the other samples and
-    for non-finite ones. Same definition as the geometry function (centre, divide by the Frobenius
-    norm + eps, rotation R = U Vh, scale = sum of singular values), with the normalisation folded into
-    one 3x3 map per sample and the SVD replaced by `_polar` where that is settled.
-    """
-    gt_mean = gt.mean(dim=1, keepdim=True)
-    pred_mean = pred.mean(dim=1, keepdim=True)
-    gt_c = gt - gt_mean
-    pred_c = pred - pred_mean
-    gt_norm = gt_c.flatten(1).norm(dim=1) + eps
-    pred_norm = pred_c.flatten(1).norm(dim=1) + eps
-    m = (gt_c.transpose(1, 2) @ pred_c) / (gt_norm * pred_norm)[:, None, None]
-    m = torch.where(ok[:, None, None], m, math.nan)
-    rotation, scale, settled = _polar(m)
-    redo = ~settled & torch.isfinite(m).all(dim=2).all(dim=1)
-    if bool(redo.any()):  # degenerate samples: exactly the SVD of the geometry function
-        m = (gt_c[redo] / gt_norm[redo, None, None]).transpose(1, 2) @ (pred_c[redo] / pred_norm[redo, None, None])
-        u, s, vh = torch.linalg.svd(m)
-        rotation[redo], scale[redo] = u @ vh, s.sum(dim=-1)
-    linear = rotation.transpose(1, 2) * (scale * gt_norm / pred_norm)[:, None, None]
-    return torch.baddbmm(gt_mean, pred_c, linear)
+def _procrustes_aligned(pred: torch.Tensor, gt: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    """`utnet.geometry.procrustes_align` (official HO3D similarity Procrustes) of pred [B,N,3] onto gt
+    [B,N,3] for the samples where `ok` [B]; NaN for the other samples and for non-finite ones."""
+    return procrustes_align(torch.where(ok[:, None, None], pred, math.nan), gt)
 
 
 def _sort_order(values: torch.Tensor) -> torch.Tensor:
