@@ -48,14 +48,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=24, help="frames per sequence of the temporary set (2 sequences)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--version", choices=("v2", "v3"), default="v2",
+                        help="file format of the temporary set: v2 = PNG RGB (synth's default), v3 = JPEG RGB (HO3D_v3)")
     parser.add_argument("--image-size", type=int, nargs=2, default=[256, 192], metavar=("H", "W"))
     args = parser.parse_args()
     torch.set_num_threads(1)  # what a DataLoader worker runs with
     cv2.setNumThreads(1)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "set"
-        write_synthetic(root, sequences=2, frames=args.frames, seed=0)
-        cfg = ExperimentConfig.model_validate({"data": {"root": str(root), "image_size": list(args.image_size)}})
+        write_synthetic(root, version=args.version, sequences=2, frames=args.frames, seed=0)
+        cfg = ExperimentConfig.model_validate({"data": {"root": str(root), "version": args.version,
+                                                          "image_size": list(args.image_size)}})
         dataset = build_dataset(cfg, "train")
         n = len(dataset)
         raw_decode(dataset.records)  # warm the page cache and the J0 cache alike
@@ -66,7 +69,7 @@ def main() -> None:
             raw_rates.append(best_rate(raw_decode, dataset.records, n, 1))
     loader, raw = max(loader_rates), max(raw_rates)
     print(json.dumps({"loader_samples_per_s": round(loader, 1), "raw_decode_samples_per_s": round(raw, 1),
-                      "ratio": round(loader / raw, 3), "samples": n, "image_size": args.image_size,
+                      "ratio": round(loader / raw, 3), "samples": n, "version": args.version, "image_size": args.image_size,
                       "augment": True}))
 
 

@@ -71,6 +71,22 @@ def test_rotate_mano_root_matches_rotating_the_posed_points():
     np.testing.assert_allclose(posed(aa3, t3), g.flip_opengl_opencv(posed(aa, t)), atol=1e-10)
 
 
+def test_rotate_mano_root_near_zero_and_pi_matches_scipy():
+    """The root orientation after the rotation, for results near angle 0 and pi (Rodrigues' hard cases)."""
+    rng = np.random.default_rng(2)
+    J0, t = rng.normal(size=3), rng.normal(size=3)
+    for k in range(200):
+        axis = rng.normal(size=3)
+        axis /= np.linalg.norm(axis)
+        target = axis * (np.pi - 10.0 ** rng.uniform(-9, -2) if k % 2 else 10.0 ** rng.uniform(-9, -2))
+        A = Rotation.from_rotvec(rng.normal(size=3)).as_matrix()
+        aa = Rotation.from_matrix(A.T @ Rotation.from_rotvec(target).as_matrix()).as_rotvec()  # A R(aa) = R(target)
+        aa2, _ = g.rotate_mano_root(A, aa, t, J0)
+        assert np.linalg.norm(aa2) <= np.pi + 1e-12
+        np.testing.assert_allclose(Rotation.from_rotvec(aa2).as_matrix(), Rotation.from_rotvec(target).as_matrix(),
+                                   atol=1e-9)
+
+
 def test_project_points_numpy_and_torch():
     K = np.array([[600.0, 0, 320], [0, 610.0, 240], [0, 0, 1]])
     p = np.array([[[0.1, -0.05, 0.5], [0.0, 0.0, 1.0]]])

@@ -5,6 +5,7 @@ Torch functions are batched over leading dimensions. Units are whatever the call
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -162,7 +163,10 @@ def rotate_mano_root(R_apply, global_orient_aa, transl, root_joint_rest):
         (global_orient_aa' [3], transl' [3]).
     """
     A = np.asarray(R_apply, dtype=np.float64)
-    R = axis_angle_to_matrix_np(global_orient_aa)
+    # One [3] vector: OpenCV's Rodrigues formula (exact to 1e-15, also near 0 and pi) instead of the
+    # numpy twin's array overhead; the pipeline calls this per augmented sample. The way back stays
+    # the numpy twin: cv2.Rodrigues(matrix) is off by up to 2e-5 rad near angle 0 and pi.
+    R = cv2.Rodrigues(np.asarray(global_orient_aa, dtype=np.float64).reshape(3, 1))[0]
     J0 = np.asarray(root_joint_rest, dtype=np.float64)
     t = np.asarray(transl, dtype=np.float64)
     return matrix_to_axis_angle_np(A @ R), A @ (J0 + t) - J0

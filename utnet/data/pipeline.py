@@ -109,22 +109,30 @@ def normalise_depth(depth_crop_mm: np.ndarray, window_mm: float) -> np.ndarray:
     if valid.size == 0:
         return np.zeros_like(depth_crop_mm, dtype=np.float32)
     low = np.float32(np.median(valid) - window_mm / 2.0)
-    out = (depth_crop_mm - low) * np.float32(1.0 / window_mm)
+    out = depth_crop_mm - low
+    out *= np.float32(1.0 / window_mm)
     np.clip(out, DEPTH_MIN_VALID, 1.0, out=out)
-    out[depth_crop_mm <= 0] = 0.0
+    out *= depth_crop_mm > 0  # no measurement stays 0 (a multiply: ~20x cheaper than a masked assignment)
     return out.astype(np.float32, copy=False)
+
+
+_LEVELS = np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0)  # [256, 1] uint8 level / 255
 
 
 def normalise_rgb(bgr_crop: np.ndarray, color=(1.0, 1.0, 1.0)) -> np.ndarray:
     """BGR uint8 crop [H, W, 3] -> ImageNet-normalised RGB float32 [3, H, W] after the colour scale.
 
     One table lookup per pixel: value v of channel c becomes (clip(v / 255 * color_c, 0, 1) - mean_c) / std_c.
+    The crop is split into planes and each plane is looked up straight into its output plane, so the
+    [H, W, 3] -> [3, H, W] reordering costs no extra pass over float data.
     """
-    levels = np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0)
-    rgb_table = (np.clip(levels * np.asarray(color, dtype=np.float32), 0.0, 1.0) - IMAGENET_MEAN_RGB) / IMAGENET_STD_RGB
-    table_bgr = np.ascontiguousarray(rgb_table[:, ::-1], dtype=np.float32).reshape(1, 256, 3)
-    out_bgr = cv2.LUT(bgr_crop, table_bgr)                      # [H, W, 3] float32, BGR
-    return np.ascontiguousarray(out_bgr.transpose(2, 0, 1)[::-1])
+    H, W = bgr_crop.shape[:2]
+    tables = (np.clip(_LEVELS * np.asarray(color, dtype=np.float32), 0.0, 1.0) - IMAGENET_MEAN_RGB) / IMAGENET_STD_RGB
+    out = np.empty((3, H, W), dtype=np.float32)
+    blue, green, red = cv2.split(bgr_crop)
+    for channel, plane in enumerate((red, green, blue)):
+        cv2.LUT(plane, np.ascontiguousarray(tables[:, channel]), dst=out[channel])
+    return out
 
 
 def make_sample(bgr: np.ndarray, depth_encoded: np.ndarray, ann: ho3d.Annotation, image_size: tuple[int, int],
