@@ -1,0 +1,64 @@
+"""Every benchmark runs as the README runs it (tiny sizes here) and prints ONE JSON object as its last
+line, with the fields issue 8 names. Speed is not asserted (the machines are shared); exactness is."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from test_engine import tiny_data, write_config  # noqa: F401  (tiny_data is a fixture)
+
+
+def run_bench(name, *args, timeout=600):
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert isinstance(result, dict)
+    for line in lines[:-1]:  # one JSON object: nothing else on stdout parses as one
+        with pytest.raises(ValueError):
+            json.loads(line)
+    return result
+
+
+def positive(*values):
+    return all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values)
+
+
+@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_bench_data(version):
+    r = run_bench("bench_data.py", "--frames", 3, "--rounds", 1, "--image-size", 64, 48, "--version", version)
+    assert r["version"] == version and r["samples"] == 6
+    assert positive(r["loader_samples_per_s"], r["raw_decode_samples_per_s"])
+    assert r["ratio"] == pytest.approx(r["loader_samples_per_s"] / r["raw_decode_samples_per_s"], abs=2e-3)
+
+
+def test_bench_metrics_is_exact():
+    r = run_bench("bench_metrics.py", "--samples", 16, "--repeats", 1, "--threads", 1)
+    assert positive(r["batched_samples_per_s"], r["reference_samples_per_s"], r["speedup"])
+    assert r["max_abs_diff_mm"] <= 1e-3
+
+
+def test_bench_mano():
+    r = run_bench("bench_mano.py", "--batch", 4, "--rounds", 1, "--repeats", 1, "--threads", 1)
+    assert positive(r["ratio"])
+
+
+def test_bench_step_and_converge(tmp_path, tiny_data):  # noqa: F811
+    config = write_config(tmp_path, tiny_data, train={"max_steps": 2, "log_every": 1, "eval_every": 0,
+                                                      "checkpoint_every": 0, "image_every": 0})
+    r = run_bench("bench_step.py", "--config", config, "--steps", 3)
+    assert positive(r["engine_steps_per_s"], r["plain_steps_per_s"], r["ratio"])
+    r = run_bench("bench_converge.py", "--config", config, "--steps", 2)
+    assert r["steps"] == 2
+    for reduction in ("sum", "mean"):
+        part = r[reduction]
+        assert isinstance(part["goal_met"], bool)
+        for stage in ("baseline", "final"):
+            assert positive(part[stage]["mpjpe"], part[stage]["pa_mpjpe"])
+        assert part["mpjpe_ratio"] == pytest.approx(part["final"]["mpjpe"] / part["baseline"]["mpjpe"], abs=1e-3)
