@@ -178,6 +178,21 @@ def test_depth_png_decoding(tmp_path):
     assert depth_mm[0, 6] == pytest.approx(8191.0, abs=0.01)  # the largest encodable depth, ~8.19 m
 
 
+def test_normalise_rgb_is_the_per_channel_formula():
+    """BGR in, RGB out: (clip(v / 255 * colour_c, 0, 1) - mean_c) / std_c for every channel."""
+    from utnet.data.pipeline import normalise_rgb
+
+    rng = np.random.default_rng(0)
+    bgr = rng.integers(0, 256, (12, 9, 3), dtype=np.uint8)
+    color = (0.7, 1.0, 1.3)  # R, G, B
+    rgb = bgr[..., ::-1].transpose(2, 0, 1).astype(np.float64) / 255.0
+    expected = (np.clip(rgb * np.array(color)[:, None, None], 0, 1) - np.array([0.485, 0.456, 0.406])[:, None, None]) \
+        / np.array([0.229, 0.224, 0.225])[:, None, None]
+    out = normalise_rgb(bgr, color)
+    assert out.shape == (3, 12, 9) and out.dtype == np.float32 and out.flags.c_contiguous
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
 def test_val_sample_equals_hand_conversion(ho3d_root, mano):
     from utnet.data import build_dataset
 

@@ -100,17 +100,8 @@ def decode_depth_m(depth_bgr: np.ndarray) -> np.ndarray:
 
     Red holds the low byte, green the high byte; cast before multiplying (uint8 * 256 overflows).
     """
-    return (_depth_raw(depth_bgr) * DEPTH_UNIT_M).astype(np.float32)
-
-
-def _depth_raw(depth_bgr: np.ndarray) -> np.ndarray:
-    """The 16-bit depth code [H,W] uint16 of HO3D's encoding: red low byte, green high byte.
-
-    The two planes are interleaved as (low, high) byte pairs and read as little-endian uint16,
-    which is cheaper than widening both planes to int32 and multiplying (the pipeline does this per sample).
-    """
-    _, green, red = cv2.split(np.ascontiguousarray(depth_bgr[..., :3]))
-    return cv2.merge([red, green]).view("<u2")[..., 0]
+    raw = depth_bgr[..., 2].astype(np.int32) + 256 * depth_bgr[..., 1].astype(np.int32)
+    return (raw * DEPTH_UNIT_M).astype(np.float32)
 
 
 def encode_depth_m(depth_m: np.ndarray) -> np.ndarray:
@@ -141,7 +132,7 @@ def decode_depth_mm(depth_bgr: np.ndarray) -> np.ndarray:
 
     The one place depth becomes millimetres.
     """
-    return (_depth_raw(depth_bgr) * (DEPTH_UNIT_M * MM_PER_M)).astype(np.float32)
+    return decode_depth_m(depth_bgr) * np.float32(MM_PER_M)
 
 
 def read_meta(path: Path) -> dict:
