@@ -114,6 +114,30 @@ def test_procrustes_matches_official_formula():
     np.testing.assert_allclose(out, ref, atol=1e-9)
 
 
+def test_procrustes_keeps_reflections_and_handles_degenerate_samples(monkeypatch):
+    """As the official protocol: a mirror image keeps its reflection; all-equal, planar and collinear
+    point sets (a singular cross-covariance, left to the SVD) align as scipy's SVD aligns them."""
+    rng = np.random.default_rng(13)
+    gt = rng.normal(scale=40.0, size=(6, 21, 3)) + [0.0, 0.0, 500.0]
+    A = Rotation.from_rotvec(rng.normal(scale=0.2, size=(6, 3))).as_matrix()
+    pred = np.einsum("nij,nkj->nki", A, gt - gt[:, :1]) * rng.uniform(0.9, 1.1, (6, 1, 1)) + gt[:, :1]
+    pred += rng.normal(scale=4.0, size=gt.shape)
+    pred[1] *= [-1.0, 1.0, 1.0]  # a mirror image
+    pred[2] = pred[2, :1]  # all points equal
+    pred[3, :, 2] = 7.0  # planar
+    gt[4] = np.linspace(0, 1, 21)[:, None] * [1.0, 2.0, 3.0]  # collinear gt
+    svd_batches = []
+    svd = torch.linalg.svd
+    monkeypatch.setattr(torch.linalg, "svd", lambda m, *a, **k: svd_batches.append(len(m)) or svd(m, *a, **k))
+    out = g.procrustes_align(torch.tensor(pred), torch.tensor(gt)).numpy()
+    assert sum(svd_batches) >= 3  # the degenerate samples took the SVD path
+    ref = np.stack([_official_align(gt[i], pred[i]) for i in range(6)])
+    unique = [0, 1, 2, 3, 5]  # a collinear gt (4) leaves the rotation about its line free: LAPACK drivers differ
+    np.testing.assert_allclose(out[unique], ref[unique], atol=1e-9)
+    # ... but not the per-point error, which is what the metrics use
+    np.testing.assert_allclose(np.linalg.norm(out[4] - gt[4], axis=-1), np.linalg.norm(ref[4] - gt[4], axis=-1), atol=1e-9)
+
+
 def test_procrustes_undoes_similarity_transform():
     rng = np.random.default_rng(3)
     gt = rng.normal(size=(2, 21, 3))
@@ -134,38 +158,86 @@ def test_joint_maps_are_inverse_permutations():
     assert all(p < c for c, p in enumerate(J.CANONICAL_PARENTS) if p >= 0)
 
 
-def test_metre_millimetre_factors_live_only_in_their_one_place():
-    """DESIGN.md: each unit conversion happens once. A new 1000 / 1e3 / 0.001 literal elsewhere in the
-    framework is how "joints multiplied by 1000 twice" starts; this test names the file that adds one."""
+# DESIGN.md: each unit conversion happens once. A new 1000 / 1e3 / 0.001 / 1e-3 factor elsewhere in the
+# framework is how "joints multiplied by 1000 twice" starts.
+MM_FACTORS = (1000, 0.001)
+SCALING_OPERATORS = {"*", "/", "*=", "/="}
+MM_FACTOR_FILES = {  # the one place of each conversion: the whole file may use the factors
+    "utnet/mano/layer.py",         # M_TO_MM: MANO output metres -> mm (mesh_mm)
+    "utnet/data/ho3d.py",          # MM_PER_M: HO3D annotations and depth -> mm (the reader)
+    "utnet/engine/submission.py",  # MM_PER_M: back to metres for an HO3D submission
+    "utnet/mano/standin.py",       # the stand-in is laid out in mm and stored in metres
+}
+MM_FACTOR_LINES = {  # (file, stripped line): a factor of 1000 that is no unit conversion
+    ("utnet/mano/pose_prior.py", "if np.linalg.norm(shift) < 1e-3 * scale:"),  # tolerance relative to the finger length
+}
+
+
+def mm_factor_lines(source: str) -> list[int]:
+    """Lines (1-based) of Python source with a numeric literal worth 1000 or 0.001 (1000, 1e3, 1_000.0,
+    0x3E8, 0.001, 1e-3, ...) whose line or statement also holds a * / *= /= operator."""
+    import ast
     import io
     import tokenize
+
+    numbers, operator_lines, operator_statements = [], set(), set()
+    statement = 0
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.NEWLINE:
+            statement += 1
+        elif tok.type == tokenize.NUMBER and ast.literal_eval(tok.string) in MM_FACTORS:
+            numbers.append((tok.start[0], statement))
+        elif tok.type == tokenize.OP and tok.string in SCALING_OPERATORS:
+            operator_lines.add(tok.start[0])
+            operator_statements.add(statement)
+    return sorted({line for line, stmt in numbers if line in operator_lines or stmt in operator_statements})
+
+
+def mm_factor_offenders(root) -> list[str]:
+    """"file:line" of every metre/millimetre factor in root/utnet and root/losses outside the allowed places."""
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
-    allowed = {
-        "utnet/mano/layer.py",        # M_TO_MM: MANO output metres -> mm (mesh_mm)
-        "utnet/data/ho3d.py",         # MM_PER_M: HO3D annotations and depth -> mm (the reader)
-        "utnet/engine/submission.py",  # MM_PER_M: back to metres for an HO3D submission
-        "utnet/mano/standin.py",      # the stand-in is laid out in mm and stored in metres
-    }
+    root = Path(root)
     offenders = []
     for path in sorted(list((root / "utnet").rglob("*.py")) + list((root / "losses").rglob("*.py"))):
         rel = path.relative_to(root).as_posix()
-        if rel in allowed:
+        if rel in MM_FACTOR_FILES:
             continue
-        tokens = [t for t in tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
-                  if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT)]
-        for i, tok in enumerate(tokens):
-            if tok.type != tokenize.NUMBER:
-                continue
-            try:
-                value = float(tok.string.replace("_", ""))
-            except ValueError:
-                continue
-            neighbours = {tokens[j].string for j in (i - 1, i + 1) if 0 <= j < len(tokens)}
-            if value == 1000.0 and neighbours & {"*", "/", "*=", "/="}:
-                offenders.append(f"{rel}:{tok.start[0]}")
+        source = path.read_text()
+        lines = source.splitlines()
+        offenders += [f"{rel}:{n}" for n in mm_factor_lines(source) if (rel, lines[n - 1].strip()) not in MM_FACTOR_LINES]
+    return offenders
+
+
+def test_metre_millimetre_factors_live_only_in_their_one_place():
+    """This test names the file that adds a factor."""
+    from pathlib import Path
+
+    offenders = mm_factor_offenders(Path(__file__).resolve().parent.parent)
     assert not offenders, f"metre/millimetre factor outside its one place: {offenders}"
+
+
+def test_mm_factor_guard_catches_factors_beside_the_operator_or_not():
+    caught = ["x = y * np.float32(1000.0)", "z = torch.tensor(1e3) * z", "m = mm * 0.001", "m = 1E-3 * mm",
+              "x /= 1_000", "x = (y\n     * 1000)", "x = y * \\\n    1e3", "out = f(x * s, scale=1000.)", "x = y / 0x3E8"]
+    for code in caught:
+        assert mm_factor_lines(code + "\n"), code
+    assert mm_factor_lines("a = 1\nx = (y *\n     1000.0)\n") == [3]
+    missed = ["n = 1000", "eps = 1e-3", "x = y * 2", "x = y  # * 1000", "s = 'x * 1000'", "x = y ** 1000",
+              "x = y + 0.001", "a = b * c\nn = 1000"]
+    for code in missed:
+        assert not mm_factor_lines(code + "\n"), code
+
+
+def test_mm_factor_guard_names_the_file_and_honours_the_allowed_places(tmp_path):
+    for rel, text in [("utnet/data/new.py", "x = 2\njoints_mm = joints * np.float32(1000.0)\n"),
+                      ("utnet/mano/layer.py", "verts_mm = verts * 1000.0\n"),
+                      ("utnet/mano/pose_prior.py", "if True:\n    if np.linalg.norm(shift) < 1e-3 * scale:\n"
+                                                   "        pass\nshift_mm = shift * 1e3\n"),
+                      ("losses/term.py", "loss = loss / 1000\n")]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    assert mm_factor_offenders(tmp_path) == ["losses/term.py:1", "utnet/data/new.py:2", "utnet/mano/pose_prior.py:4"]
 
 
 def test_procrustes_leading_dimensions_and_a_non_finite_sample():

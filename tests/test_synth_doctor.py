@@ -219,14 +219,21 @@ def test_synth_frame_images_round_trip_exactly(tmp_path):
 def test_render_depth_coverage_and_occlusion():
     """Two fronto-parallel squares: the nearer one hides the other, depth is the plane's own, and
     the covered pixels are the pixel centres inside each projected square."""
-    from utnet.data.render import box_mesh, render_meshes
+    from utnet.data.render import box_mesh, shade_meshes
 
     K = np.array([[500.0, 0.0, 80.0], [0.0, 500.0, 60.0], [0.0, 0.0, 1.0]])
     near = box_mesh([0.02, 0.02, 0.001], np.eye(3), [0.0, 0.0, 0.5], [1.0, 0.0, 0.0])      # 40 px wide, z 0.499
     far = box_mesh([0.03, 0.015, 0.001], np.eye(3), [0.0125, 0.0125, 0.6], [0.0, 1.0, 0.0])  # to the lower right
-    background = np.full((120, 160, 3), 0.5, np.float32)
-    image, depth, mesh_id = render_meshes([near, far], K, background, np.full((120, 160), 2.0, np.float32),
-                                          cull_back=True)
+    pix, color, depth_px, mesh_px = shade_meshes([near, far], K, (120, 160), cull_back=True)
+    assert (np.diff(pix) > 0).all() and pix.min() >= 0 and pix.max() < 120 * 160  # each covered pixel once, in order
+    assert color.dtype == np.float32 and color.shape == (len(pix), 3) and depth_px.shape == mesh_px.shape == pix.shape
+    # the full images, as synth composes them: background first, then the covered pixels
+    image = np.full((120, 160, 3), 0.5, np.float32)
+    depth = np.full((120, 160), 2.0)
+    mesh_id = np.full((120, 160), -1)
+    image.reshape(-1, 3)[pix] = color
+    depth.reshape(-1)[pix] = depth_px
+    mesh_id.reshape(-1)[pix] = mesh_px
     v, u = np.mgrid[0:120, 0:160]
     in_near = (np.abs(u - 80) <= 20) & (np.abs(v - 60) <= 20)  # front face x,y in +-0.02 m at z 0.499
     x_far, y_far = (u - 80) * 0.599 / 500, (v - 60) * 0.599 / 500
@@ -237,22 +244,41 @@ def test_render_depth_coverage_and_occlusion():
     assert ((mesh_id >= 0) == (in_near | in_far)).mean() > 0.995  # only edge pixels may differ
     np.testing.assert_allclose(depth[inside], 0.499, atol=1e-6)
     np.testing.assert_allclose(depth[in_far & (np.abs(x_far - 0.0125) < 0.029)], 0.599, atol=1e-6)
-    assert (depth[mesh_id < 0] == 2.0).all() and (image[mesh_id < 0] == 0.5).all()
     assert (image[inside][:, 0] > 0.2).all() and (image[inside][:, 1:] == 0).all()  # lit red
 
 
-def test_synth_parallel_writes_the_same_files(tmp_path, monkeypatch):
-    """Worker processes (sequences handed out from a shared counter) write byte for byte what one process writes."""
+def _sequence_files(seq_dir):
+    return {p.relative_to(seq_dir).as_posix(): md5(p) for p in sorted(seq_dir.rglob("*")) if p.is_file()}
+
+
+def test_synth_worker_process_writes_the_same_files(tmp_path):
+    """A spawned worker (synth's own initializer and job loop, as `_render_jobs` starts them) writes byte
+    for byte what the calling process writes for the same sequence, and returns the same ground truth."""
+    import multiprocessing
     import os
 
     from utnet.data import synth
 
-    serial = synth.write_synthetic(tmp_path / "serial", sequences=2, frames=2, seed=4)
-    monkeypatch.setattr(synth, "PARALLEL_MIN_FRAMES", 1)
-    parallel = synth.write_synthetic(tmp_path / "parallel", sequences=2, frames=2, seed=4)
-    assert serial["processes"] == 1 and parallel["processes"] == min(os.cpu_count() or 1, 3)
-    files = sorted(p.relative_to(tmp_path / "serial") for p in (tmp_path / "serial").rglob("*") if p.is_file())
-    assert len(files) == 5 + 3 * 2 * 3  # 2 txt, 2 json, info; 3 sequences x 2 frames x (rgb, depth, meta)
-    for rel in files:
-        if rel.name != "synthetic_info.json":
-            assert md5(tmp_path / "serial" / rel) == md5(tmp_path / "parallel" / rel), rel
+    def job(root):
+        return (str(root), "train", "SYN10", (4, 0, 0), 3, "v3")  # v3: JPEG images and contact fields too
+
+    (here_result,), rendered_by = synth._render_jobs([job(tmp_path / "here")], 1, None)
+    assert rendered_by == 1
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1, initializer=synth._init_worker, initargs=(None, ctx.Value("i", 0), [job(tmp_path / "worker")])) as pool:
+        (k, worker_pid, worker_result), = pool.apply(synth._run_jobs)  # the caller takes no job: the worker renders it
+    assert k == 0 and worker_pid != os.getpid()
+    here = _sequence_files(tmp_path / "here" / "train" / "SYN10")
+    assert len(here) == 3 * 3  # 3 frames x (rgb, depth, meta)
+    assert _sequence_files(tmp_path / "worker" / "train" / "SYN10") == here
+    (here_records, _), (worker_records, _) = here_result, worker_result
+    assert [r["name"] for r in worker_records] == [r["name"] for r in here_records] == [f"SYN10/{f:04d}" for f in range(3)]
+    for ours, theirs in zip(here_records, worker_records):
+        np.testing.assert_array_equal(theirs["joints_gl"], ours["joints_gl"])
+        np.testing.assert_array_equal(theirs["verts_gl"], ours["verts_gl"])
+    # the pool as write_synthetic runs it: whoever renders which job, results come back in job order
+    other = (str(tmp_path / "pool"), "evaluation", "SYE10", (4, 1, 0), 1, "v3")
+    (pool_result, other_result), rendered_by = synth._render_jobs([job(tmp_path / "pool"), other], 2, None)
+    assert rendered_by in (1, 2) and _sequence_files(tmp_path / "pool" / "train" / "SYN10") == here
+    assert [r["name"] for r in pool_result[0]] == [r["name"] for r in here_records]
+    assert [r["name"] for r in other_result[0]] == ["SYE10/0000"]

@@ -163,25 +163,6 @@ def shade_meshes(meshes: list[Mesh], K: np.ndarray, size: tuple[int, int], light
     return pix, color, depth_m, face_mesh[f]
 
 
-def render_meshes(meshes: list[Mesh], K: np.ndarray, background: np.ndarray, background_depth_m: np.ndarray,
-                  light_dir=(0.3, -0.5, -1.0), ambient: float = 0.35, diffuse: float = 0.75, cull_back: bool = False):
-    """Full-image form of `shade_meshes`: the meshes over a background.
-
-    background [H,W,3] float32 in [0,1] (in the channel order of the mesh colours: RGB or BGR) and
-    background_depth_m [H,W] float32 (0 = none) are not modified. Returns (image [H,W,3] float32 in
-    the colours' order, depth_m [H,W] float32, mesh_id [H,W] int64 with -1 on the background).
-    """
-    H, W = background_depth_m.shape
-    pix, color, depth_px, mesh_px = shade_meshes(meshes, K, (H, W), light_dir, ambient, diffuse, cull_back)
-    rgb = background.astype(np.float32, copy=True)
-    depth = background_depth_m.astype(np.float32, copy=True)
-    mesh_id = np.full((H, W), -1, dtype=np.int64)
-    rgb.reshape(-1, 3)[pix] = color
-    depth.reshape(-1)[pix] = depth_px
-    mesh_id.reshape(-1)[pix] = mesh_px
-    return rgb, depth, mesh_id
-
-
 def cap_hole(faces: np.ndarray, n_verts: int) -> tuple[np.ndarray, np.ndarray]:
     """Close the one open boundary of a consistently wound mesh (MANO's wrist) with a fan.
 

@@ -316,9 +316,9 @@ def _run_job(job):
                            st["hand_axes"], st["faces"])
 
 
-def _run_jobs() -> list[tuple[int, tuple]]:
+def _run_jobs() -> list[tuple[int, int, tuple]]:
     """Render jobs until none is left, each time taking the next index from the shared counter (a worker
-    that starts late takes fewer); returns [(job index, result of `_write_sequence`)]."""
+    that starts late takes fewer); returns [(job index, id of this process, result of `_write_sequence`)]."""
     next_job, jobs = _WORKER_STATE["next_job"], _WORKER_STATE["jobs"]
     done = []
     while True:
@@ -327,12 +327,13 @@ def _run_jobs() -> list[tuple[int, tuple]]:
             next_job.value += 1
         if k >= len(jobs):
             return done
-        done.append((k, _run_job(jobs[k])))
+        done.append((k, os.getpid(), _run_job(jobs[k])))
 
 
-def _render_jobs(jobs: list, processes: int, mano_model_path) -> list:
-    """Results of `_write_sequence` for every job, in job order, rendered by this process and
-    processes - 1 spawned workers (the caller has torch loaded already; a worker imports it first)."""
+def _render_jobs(jobs: list, processes: int, mano_model_path) -> tuple[list, int]:
+    """Render the jobs in this process and processes - 1 spawned workers (the caller has torch loaded
+    already; a worker imports it first). Returns (results of `_write_sequence` for every job, in job
+    order; how many processes rendered at least one job: a worker that starts late may get none)."""
     ctx = multiprocessing.get_context("spawn")  # torch's thread pools do not survive fork
     next_job = ctx.Value("i", 0)
     threads = (torch.get_num_threads(), cv2.getNumThreads())  # the caller's settings come back after
@@ -351,7 +352,8 @@ def _render_jobs(jobs: list, processes: int, mano_model_path) -> list:
         _WORKER_STATE.update(next_job=None, jobs=())
         torch.set_num_threads(threads[0])
         cv2.setNumThreads(threads[1])
-    return [result for _, result in sorted(done, key=lambda d: d[0])]
+    done.sort(key=lambda d: d[0])
+    return [result for _, _, result in done], len({pid for _, pid, _ in done})
 
 
 def _mano_source(mano_model_path) -> str:
@@ -372,7 +374,7 @@ def write_synthetic(out_dir, version: str = "v2", sequences: int = 8, frames: in
     with root + box pickles and evaluation_xyz.json / evaluation_verts.json in evaluation.txt order.
     Written to a temporary sibling folder first, so an interrupted run leaves no half data set.
     Returns a summary dict (counts, seconds, frames per second of wall time and per CPU-second of
-    rendering and writing, i.e. per core).
+    rendering and writing, i.e. per core; `processes`: how many processes rendered sequences).
     """
     if version not in ("v2", "v3"):
         raise UserError(f"--version: must be v2 or v3 (got {version!r})")
@@ -398,7 +400,7 @@ def write_synthetic(out_dir, version: str = "v2", sequences: int = 8, frames: in
         # Sequences are independent (own seed): big sets render on every core (this process and spawned
         # workers), small ones in this process only.
         workers = min(os.cpu_count() or 1, len(jobs)) if len(jobs) * max(frames, eval_frames) >= PARALLEL_MIN_FRAMES else 1
-        results = _render_jobs(jobs, workers, mano_model_path)
+        results, rendered_by = _render_jobs(jobs, workers, mano_model_path)
         train_lines = [r["name"] for (recs, _), job in zip(results, jobs) if job[1] == "train" for r in recs]
         eval_records = [r for (recs, _), job in zip(results, jobs) if job[1] == "evaluation" for r in recs]
         cpu = sum(c for _, c in results)
@@ -413,7 +415,7 @@ def write_synthetic(out_dir, version: str = "v2", sequences: int = 8, frames: in
             "root": str(out_dir), "version": version, "seed": seed,
             "train_sequences": train_seqs, "evaluation_sequences": eval_seqs,
             "train_frames": len(train_lines), "evaluation_frames": len(eval_records),
-            "mano_source": _mano_source(mano_model_path), "mano_model_path": mano_model_path, "processes": workers,
+            "mano_source": _mano_source(mano_model_path), "mano_model_path": mano_model_path, "processes": rendered_by,
             "seconds": round(seconds, 2), "frames_per_s": round(n_total / seconds, 1),
             "frames_per_cpu_s": round(n_total / max(cpu, 1e-9), 1),
             "note": "SYNTHETIC stand-in for HO3D, rendered by utnet synth; numbers on it are not HO3D numbers",

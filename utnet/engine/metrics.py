@@ -39,7 +39,7 @@ from utnet.geometry import procrustes_align
 from utnet.joints import NUM_VERTS, ROOT_INDEX
 
 AUC_THRESHOLDS_MM = np.linspace(0.0, 50.0, 100)
-F_THRESHOLDS_MM = (5.0, 15.0)
+F_THRESHOLDS_MM = (5.0, 15.0)  # ascending: the F-score search reaches as far as the first (smallest)
 # Samples per pass over the vertices: keeps one pass's arrays in cache.
 _CHUNK_SAMPLES = 128
 # Predicted vertices per block of the F-score's windowed search.
@@ -91,22 +91,21 @@ def _sort_order(values: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(keys & ((1 << index_bits) - 1))
 
 
-def _f_score_hits(pred: torch.Tensor, gt: torch.Tensor, pred_to_own_sq: torch.Tensor,
-                  thresholds_mm=F_THRESHOLDS_MM) -> torch.Tensor:
-    """Per sample, how many predicted vertices have a gt vertex closer than each threshold (strictly),
-    and how many gt vertices have a predicted one: [c, 2, len(thresholds)] int64.
+def _f_score_hits(pred: torch.Tensor, gt: torch.Tensor, pred_to_own_sq: torch.Tensor) -> torch.Tensor:
+    """Per sample, how many predicted vertices have a gt vertex closer than each of `F_THRESHOLDS_MM`
+    (strictly), and how many gt vertices have a predicted one: [c, 2, len(F_THRESHOLDS_MM)] int64.
 
     pred, gt: [c,V,3] finite, the same frame (mm), float64 (or the metric dtype); pred_to_own_sq [c,V]:
     `_squared_norm(pred - gt)`. Exactly the counts of a brute-force search over all pairs with
     `_squared_norm` distances, found without one:
-    - `_window_minima`: nearest squared distances within the smallest threshold's windows, float32.
+    - `_window_minima`: nearest squared distances within the smallest (first) threshold's windows, float32.
     - A vertex's distance to its own counterpart is an upper bound: below a threshold it is a hit.
     - Every decision the float32 minimum cannot make for sure (within its rounding bound of a
       threshold, or a larger threshold not settled by the two bounds above) is made by an exact
       search over all vertices of that sample in the input dtype.
     """
-    thresholds_sq = [t * t for t in thresholds_mm]
-    pred_min, gt_min, pred_order, gt_order, tolerance = _window_minima(pred, gt, thresholds_mm[0])
+    thresholds_sq = [t * t for t in F_THRESHOLDS_MM]
+    pred_min, gt_min, pred_order, gt_order, tolerance = _window_minima(pred, gt, F_THRESHOLDS_MM[0])
     counts = torch.zeros(pred.shape[0], 2, len(thresholds_sq), dtype=torch.int64, device=pred.device)
     for side, (nearest, order, queries, targets) in enumerate(
             ((pred_min, pred_order, pred, gt), (gt_min, gt_order, gt, pred))):
@@ -331,16 +330,12 @@ def _auc_scores(err: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isnan(err), err, tail[first])
 
 
-def _keypoint_metrics(errors: dict[str, torch.Tensor], err_key: str, valid_key: str,
-                      with_auc: bool = True) -> tuple[float, float]:
-    """Mean error and AUC (NaN unless `with_auc`) of one error kind, per keypoint then averaged."""
+def _keypoint_metric(errors: dict[str, torch.Tensor], err_key: str, valid_key: str, score=None) -> float:
+    """Mean over keypoints of each keypoint's mean over its valid samples (the official EvalUtil) of
+    the errors under `err_key`, or of their `score(err)` when given (`_auc_scores`: the AUC)."""
     err = errors[err_key]
     valid = _valid_mask(errors, valid_key, err)
-    mean = _mean_over_keypoints(_per_keypoint_mean(err, valid), valid)
-    if not with_auc:
-        return mean, math.nan
-    auc = _mean_over_keypoints(_per_keypoint_mean(_auc_scores(err), valid), valid)
-    return mean, auc
+    return _mean_over_keypoints(_per_keypoint_mean(err if score is None else score(err), valid), valid)
 
 
 def _f_score(errors: dict[str, torch.Tensor], threshold_mm: float) -> float:
@@ -360,19 +355,15 @@ def summarize(errors: dict[str, torch.Tensor]) -> dict[str, float]:
     Returns: mpjpe, mpvpe, pa_mpjpe, pa_mpvpe, f_5mm, f_15mm, auc_j, auc_v (floats, NaN when no
     sample has the data) and num_samples (int). AUCs are on the Procrustes-aligned errors.
     """
-    mpjpe, _ = _keypoint_metrics(errors, "joints_err_mm", "joints_valid", with_auc=False)
-    mpvpe, _ = _keypoint_metrics(errors, "verts_err_mm", "verts_valid", with_auc=False)
-    pa_mpjpe, auc_j = _keypoint_metrics(errors, "joints_pa_err_mm", "joints_pa_valid")
-    pa_mpvpe, auc_v = _keypoint_metrics(errors, "verts_pa_err_mm", "verts_pa_valid")
     return {
-        "mpjpe": mpjpe,
-        "mpvpe": mpvpe,
-        "pa_mpjpe": pa_mpjpe,
-        "pa_mpvpe": pa_mpvpe,
+        "mpjpe": _keypoint_metric(errors, "joints_err_mm", "joints_valid"),
+        "mpvpe": _keypoint_metric(errors, "verts_err_mm", "verts_valid"),
+        "pa_mpjpe": _keypoint_metric(errors, "joints_pa_err_mm", "joints_pa_valid"),
+        "pa_mpvpe": _keypoint_metric(errors, "verts_pa_err_mm", "verts_pa_valid"),
         "f_5mm": _f_score(errors, 5.0),
         "f_15mm": _f_score(errors, 15.0),
-        "auc_j": auc_j,
-        "auc_v": auc_v,
+        "auc_j": _keypoint_metric(errors, "joints_pa_err_mm", "joints_pa_valid", _auc_scores),
+        "auc_v": _keypoint_metric(errors, "verts_pa_err_mm", "verts_pa_valid", _auc_scores),
         "num_samples": int(errors["joints_err_mm"].shape[0]),
     }
 
