@@ -54,7 +54,7 @@ def random_batch(model, batch_size: int, image_size, generator: torch.Generator)
 
 
 def measure(overrides: list[str], batch_size: int, steps: int) -> dict:
-    cfg = load_config(overrides=overrides + [f"data.batch_size={batch_size}"])
+    cfg = load_config(overrides=overrides)
     torch.manual_seed(0)
     model = build_model(cfg).train()
     loss_set = losses.LossSet.from_config(cfg.loss, cfg.loss_plugins)

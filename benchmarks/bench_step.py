@@ -5,7 +5,8 @@ per-step agreement on non-finite values and signals, logging as configured), wit
 checkpoints and images switched off; its rate is read from the wall times tensorboard recorded for
 `loss/total` between the first and the last logged step, so building, evaluating and saving are
 not counted. Plain: the same model, data loader, targets, loss set, forward, backward and AdamW
-step (same parameter groups) in a bare loop, timed over the same steps. Each side runs in a fresh
+step with its LR schedule (the engine's build_optimizer: same parameter groups) in a bare loop, timed
+over the same steps. Each side runs in a fresh
 process; with --repeats R both run R times alternately and the best rate of each is kept (the
 machine is shared: ratios, not absolute times).
 
@@ -35,6 +36,7 @@ def plain_loop(config: str | None, overrides: list[str]) -> dict:
     from utnet.config import load_config
     from utnet.data import build_dataset, ensure_dataset
     from utnet.engine.targets import add_mano_targets
+    from utnet.engine.trainer import build_optimizer
     from utnet.model import build_model
 
     cfg = load_config(config, overrides)
@@ -43,10 +45,7 @@ def plain_loop(config: str | None, overrides: list[str]) -> dict:
     dataset = build_dataset(cfg, "train")
     model = build_model(cfg)
     loss_set = losses.LossSet.from_config(cfg.loss, cfg.loss_plugins)
-    o = cfg.optim
-    optimizer = torch.optim.AdamW([{"params": p, "lr": o.lr * getattr(o.lr_mult, n)}
-                                   for n, p in model.param_groups().items() if p],
-                                  lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    optimizer, scheduler = build_optimizer(cfg, model, num_processes=1)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True,
                                          num_workers=cfg.data.num_workers)
     step, times = 0, {}
@@ -58,6 +57,7 @@ def plain_loop(config: str | None, overrides: list[str]) -> dict:
             total, _ = loss_set(pred, batch)
             total.backward()
             optimizer.step()
+            scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
@@ -95,7 +95,7 @@ def engine_rate(config: str | None, overrides: list[str], out: Path) -> float:
 
 
 def plain_rate(config: str | None, overrides: list[str]) -> float:
-    cmd = [sys.executable, __file__, "--plain-worker", "--steps", "0", *config_args(config, overrides)]
+    cmd = [sys.executable, __file__, "--plain-worker", *config_args(config, overrides)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"plain loop failed:\n{proc.stderr[-3000:]}")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# launch/train_detached.sh --output-dir runs/ho3d_v2 [--launch-config launch/4gpu.yaml] [--max-restarts 20] -- --config configs/ho3d_v2.yaml
+# launch/train_detached.sh --output-dir runs/ho3d_v2 [--launch-config launch/4gpu.yaml] [--max-restarts 20] [--relaunch-delay 5] -- --config configs/ho3d_v2.yaml
 #
 # Starts `utnet train` so that it survives a closed terminal or ssh session: the run is started in its
 # own session (setsid) with nohup and all output appended to <output-dir>/train.log. accelerate launch /
@@ -8,16 +8,25 @@
 # "stopped_on_signal" to <output-dir>/run_state.json), it is relaunched with --resume auto.
 # To stop for good: kill "$(cat <output-dir>/supervisor.pid)" (the signal is forwarded, the run saves
 # a checkpoint, and nothing is relaunched).
+#
+# With --launch-config (accelerate launch, i.e. torch elastic): the launcher forwards only the signals
+# in PET_SIGNALS_TO_HANDLE (torch's default SIGTERM,SIGINT,SIGHUP,SIGQUIT); any other signal, SIGUSR1
+# included, kills the launcher by default and leaves the workers training as orphans. So this script
+# adds SIGUSR1 to that list, forwards a SIGUSR1 it receives itself as SIGTERM, and sets
+# TORCH_ELASTIC_SHUTDOWN_TIMEOUT (seconds between forwarding a signal and SIGKILLing the workers; torch's
+# default 30 is too short for a step, an evaluation and a checkpoint save) to 600 unless it is set.
+# Both variables are read by recent torch (2.14 here); older torch ignores them (four signals, 30 s).
 set -euo pipefail
 
 usage() { sed -n '2p' "$0" | sed 's/^# /usage: /' >&2; exit 2; }
 
-output_dir="" launch_config="" max_restarts=20 supervise=0
+output_dir="" launch_config="" max_restarts=20 relaunch_delay=5 supervise=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --output-dir) output_dir="${2:?}"; shift 2 ;;
     --launch-config) launch_config="${2:?}"; shift 2 ;;
     --max-restarts) max_restarts="${2:?}"; shift 2 ;;
+    --relaunch-delay) relaunch_delay="${2:?}"; shift 2 ;;
     --supervise) supervise=1; shift ;;
     --) shift; break ;;
     -h|--help) usage ;;
@@ -34,7 +43,7 @@ log="$output_dir/train.log"
 if [ "$supervise" -eq 0 ]; then
   # Re-run this script detached from the terminal; return at once.
   setsid nohup "$0" --supervise --output-dir "$output_dir" ${launch_config:+--launch-config "$launch_config"} \
-    --max-restarts "$max_restarts" -- "$@" >>"$log" 2>&1 < /dev/null &
+    --max-restarts "$max_restarts" --relaunch-delay "$relaunch_delay" -- "$@" >>"$log" 2>&1 < /dev/null &
   echo "started detached run: log $log, supervisor pid $!"
   echo "follow: tail -f $log    stop: kill \$(cat $output_dir/supervisor.pid)"
   exit 0
@@ -45,11 +54,20 @@ child=""
 stop_requested=0
 forward() {  # a signal to the supervisor: pass it on, and do not relaunch afterwards
   stop_requested=1
-  [ -n "$child" ] && kill -"$1" "$child" 2>/dev/null || true
+  local sig="$1"
+  # accelerate launch may not forward SIGUSR1 (see above); SIGTERM means the same to the workers
+  if [ -n "$launch_config" ] && [ "$sig" = USR1 ]; then sig=TERM; fi
+  [ -n "$child" ] && kill -"$sig" "$child" 2>/dev/null || true
 }
 for sig in TERM INT HUP USR1; do trap "forward $sig" "$sig"; done
 
 if [ -n "$launch_config" ]; then
+  export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-600}"
+  PET_SIGNALS_TO_HANDLE="${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT}"
+  case ",$PET_SIGNALS_TO_HANDLE," in *,SIGUSR1,*) ;; *) PET_SIGNALS_TO_HANDLE="$PET_SIGNALS_TO_HANDLE,SIGUSR1" ;; esac
+  export PET_SIGNALS_TO_HANDLE
+  echo "[train_detached] launcher forwards $PET_SIGNALS_TO_HANDLE; workers get" \
+       "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT}s to save before SIGKILL"
   cmd=(accelerate launch --config_file "$launch_config" -m utnet train)
 else
   cmd=("${PYTHON:-python}" -m utnet train)
@@ -57,6 +75,7 @@ fi
 
 restarts=0
 while true; do
+  rm -f "$output_dir/run_state.json"  # the status read below must be this launch's, not a stale one
   echo "[train_detached $(date -u +%FT%TZ)] ${cmd[*]} --output-dir $output_dir --resume auto $*"
   "${cmd[@]}" --output-dir "$output_dir" --resume auto "$@" &
   child=$!
@@ -69,13 +88,23 @@ while true; do
            "$output_dir/run_state.json" 2>/dev/null || echo "")
   echo "[train_detached $(date -u +%FT%TZ)] exit code $code, run status '${status:-unknown}'"
   if [ "$stop_requested" -eq 1 ] || [ "$status" != "stopped_on_signal" ]; then
+    if [ "$status" = running ] || [ -z "$status" ]; then
+      echo "[train_detached] the run ended without recording why (crashed, killed, or signalled before its" \
+           "signal handlers were installed): not relaunched; check that no training process is left:" \
+           "ps -ef | grep 'utnet train'"
+    fi
     break
   fi
   restarts=$((restarts + 1))
   if [ "$restarts" -gt "$max_restarts" ]; then
     echo "[train_detached] $max_restarts restarts reached: giving up"; code=1; break
   fi
-  sleep 5
+  sleep "$relaunch_delay" & sleeper=$!
+  wait "$sleeper" || true  # a trapped signal ends the wait at once
+  kill "$sleeper" 2>/dev/null || true
+  if [ "$stop_requested" -eq 1 ]; then
+    echo "[train_detached] stop requested during the relaunch delay: not relaunched"; break
+  fi
 done
 rm -f "$output_dir/supervisor.pid"
 exit "$code"

@@ -121,6 +121,19 @@ def test_cli_unknown_loss_name(cli):
     _assert_config_error(result, "loss.jointz_3d:", "joint_3d")
 
 
+def test_cli_best_metric_must_be_lower_is_better(cli):
+    """best/ keeps the lowest value: a higher-is-better metric would keep the worst checkpoint."""
+    result = cli("config", "--set", "train.best_metric=refined/f_15mm")
+    _assert_config_error(result, "train.best_metric:", "lower-is-better", "refined/pa_mpjpe, refined/mpvpe",
+                         "coarse/pa_mpvpe", "(got 'refined/f_15mm')")
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    for bad in ("coarse/auc_j", "refined/auc_v", "refined/f_5mm", "num_samples", "pa_mpjpe"):
+        with pytest.raises(ConfigError) as info:
+            load_config(None, [f"train.best_metric={bad}"])
+        assert info.value.lines[0].startswith("train.best_metric: ") and f"(got {bad!r})" in info.value.lines[0]
+    assert load_config(None, ["train.best_metric=coarse/mpvpe"]).train.best_metric == "coarse/mpvpe"
+
+
 def test_cli_missing_file(cli, tmp_path):
     missing = tmp_path / "nope.yaml"
     _assert_config_error(cli("config", "--config", missing), "config: file not found", str(missing))

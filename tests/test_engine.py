@@ -10,6 +10,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -175,6 +176,35 @@ def test_resume_resolution_ignores_partial_checkpoints(tmp_path):
         ckpt.resolve_resume(str(tmp_path / "missing"), tmp_path)
 
 
+def test_skipped_step_updates_the_fp16_grad_scaler():
+    """Under fp16 accelerator.clip_grad_norm_ has unscaled the gradients before the step is judged; a
+    skipped step must still update() the GradScaler, or the next unscale_ raises and the scale never drops."""
+    from types import SimpleNamespace
+
+    from utnet.engine.checkpoint import TrainState
+    from utnet.engine.trainer import finish_step
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 / (s + 1))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    accelerator = SimpleNamespace(scaler=scaler)  # finish_step reads accelerator.scaler only
+    state, before = TrainState(), [p.detach().clone() for p in model.parameters()]
+    for poison in (float("nan"), float("inf"), 1.0):
+        scaler.scale(model(torch.ones(2, 3)).sum() * poison).backward()
+        scaler.unscale_(optimizer)  # what accelerator.clip_grad_norm_ does under fp16
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        finish_step(accelerator, optimizer, scheduler, state, nonfinite=not torch.isfinite(norm).item())
+        if poison != 1.0:
+            assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+            assert all(p.grad is None for p in model.parameters())
+    assert scaler.get_scale() == 2.0**14  # halved by each of the two skipped steps
+    assert (state.nonfinite_total, state.nonfinite_in_row) == (2, 0)
+    assert scheduler.last_epoch == 1  # only the finite step moved the schedule
+    assert not all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
 def test_signal_sets_a_flag_instead_of_killing():
     from utnet.engine.signals import StopOnSignal
 
@@ -201,6 +231,9 @@ def test_train_writes_a_complete_run(trained_run):
     assert set(metrics) == {"num_samples", "num_processes", "split", "refined", "coarse"}
     assert metrics["num_samples"] == VAL_SIZE and metrics["num_processes"] == 1 and metrics["split"] == "val"
     assert {"mpjpe", "mpvpe", "pa_mpjpe", "pa_mpvpe", "f_5mm", "f_15mm", "auc_j", "auc_v"} <= set(metrics["refined"])
+    from utnet.config import BEST_METRICS  # every name train.best_metric accepts is a reported metric
+
+    assert all(math.isfinite(metrics[name.split("/")[0]][name.split("/")[1]]) for name in BEST_METRICS)
     assert (run / "predictions.png").is_file() and (run / "per_joint_error.png").is_file()
     assert (run / "best" / "model.safetensors").is_file() and (run / "best" / "metrics.json").is_file()
     steps = sorted(p.name for p in (run / "checkpoints").iterdir())
@@ -234,10 +267,27 @@ def test_resume_mid_epoch_is_exact(trained_run, tmp_path):
     proc = run_cli("train", "--config", config, "--output-dir", tmp_path / "resumed",
                    "--resume", run / "checkpoints" / "step_00000004")
     ok(proc)
-    assert "epoch 1, batch 1" in proc.stdout
+    assert "epoch 1, batch 1" in proc.stdout and "WARNING" not in proc.stdout
     diff = max_diff(weights(run / "checkpoints" / "step_00000006"), weights(tmp_path / "resumed" / "checkpoints" /
                                                                              "step_00000006"))
     assert diff <= 1e-6, diff
+
+
+def test_resume_with_another_process_count_or_batch_size_warns(trained_run, tmp_path):
+    """Allowed (a run may move to another GPU count) but said loudly: the skipped batches cover other samples."""
+    run, config, _ = trained_run
+    checkpoint = tmp_path / "step_00000006"
+    shutil.copytree(run / "checkpoints" / "step_00000006", checkpoint)
+    info = json.loads((checkpoint / "utnet_checkpoint.json").read_text())
+    assert (info["num_processes"], info["batch_size"]) == (1, TINY["data"]["batch_size"])
+    (checkpoint / "utnet_checkpoint.json").write_text(json.dumps(dict(info, num_processes=2)))
+    proc = run_cli("train", "--config", config, "--output-dir", tmp_path / "resumed", "--resume", checkpoint,
+                   "--set", "data.batch_size=2")
+    ok(proc)
+    warning = [line for line in proc.stdout.splitlines() if line.startswith("WARNING: resuming")]
+    assert len(warning) == 1, proc.stdout[-3000:]
+    assert "num_processes 2 -> 1" in warning[0] and "batch_size 4 -> 2" in warning[0]
+    assert "data order is not exact" in warning[0]
 
 
 def test_sigterm_saves_exits_zero_and_resumes_exactly_past_partial_checkpoints(trained_run, tiny_data, tmp_path):
@@ -349,3 +399,39 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(trained_run, tmp_path):
     assert sorted(p.name for p in run.iterdir()) == before
     proc = run_cli("eval", "--config", config, "--checkpoint", tmp_path / "nope")
     assert proc.returncode == 2 and "--checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+    # a truncated weights file: one line naming the file, not a safetensors traceback
+    broken = tmp_path / "broken"
+    shutil.copytree(run / "best", broken)
+    weights_file = broken / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[:100])
+    proc = run_cli("eval", "--config", config, "--checkpoint", broken, "--output-dir", tmp_path / "eval_broken")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "model.safetensors" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_signal_during_the_untrained_evaluation_saves_after_the_first_step(tiny_data, tmp_path):
+    """The untrained evaluation runs with the handlers installed: a SIGTERM that lands there (sent here from
+    inside the first evaluate call) is honoured at step 1, not a kill with no checkpoint."""
+    config = write_config(tmp_path, tiny_data)
+    out = tmp_path / "run"
+    script = tmp_path / "signal_in_eval.py"
+    script.write_text(f"""
+import os, signal, sys
+import utnet.engine.trainer as trainer
+real_evaluate = trainer.evaluate
+def evaluate(*args, **kwargs):
+    if not getattr(evaluate, "sent", False):
+        evaluate.sent = True
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real_evaluate(*args, **kwargs)
+trainer.evaluate = evaluate
+from utnet.cli import main
+sys.exit(main(["train", "--config", {str(config)!r}, "--output-dir", {str(out)!r}]))
+""")
+    proc = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-3000:])
+    assert "saved checkpoint on signal 15 at step 1" in proc.stdout + proc.stderr
+    state = json.loads((out / "run_state.json").read_text())
+    assert state["status"] == "stopped_on_signal" and state["step"] == 1
+    assert (out / "metrics_untrained.json").is_file()

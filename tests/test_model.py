@@ -1,23 +1,28 @@
 """The UTNet model: camera, backbone weights, grid_sample mapping, mesh coarsening, outputs, gradients, overfitting."""
 from __future__ import annotations
 
+import copy
+import re
 import warnings
 
 import numpy as np
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from scipy.sparse.csgraph import connected_components
 
 from utnet.config import load_config
+from utnet.engine.targets import add_mano_targets
 from utnet.errors import UserError
-from utnet.geometry import axis_angle_to_matrix, project_points
+from utnet.geometry import project_points
 from utnet.model import build_model
 from utnet.model.backbone import Backbone, build_backbone
 from utnet.model.camera import (TYPICAL_HAND_MM, cam_translation_mm, crop_intrinsics, initial_scale,
                                 project_to_crop)
 from utnet.model.refiner import coarsen_mesh, mesh_edges, sample_features
+from utnet.model.weights import read_state_dict
 
 IMAGE_SIZE = (64, 48)  # the smallest crop the tests need: a 4 x 3 patch grid
 
@@ -211,6 +216,11 @@ def test_checkpoint_of_another_grid_resamples_the_position_embedding(tmp_path):
         backbone.load_checkpoint(path)
     assert backbone.vit.pos_embed.shape == (1, 1 + 12, 192)
     torch.testing.assert_close(backbone.vit.pos_embed[0, 0], vit224.pos_embed[0, 0])  # the class token's
+    # The 14 x 14 grid resampled to the 4 x 3 token grid (rows = height) as timm does it: bicubic
+    # with antialiasing. A transposed 3 x 4 grid has as many tokens but other values.
+    grid = vit224.pos_embed[0, 1:].reshape(1, 14, 14, 192).permute(0, 3, 1, 2)
+    expected = F.interpolate(grid, size=(4, 3), mode="bicubic", antialias=True, align_corners=False)
+    torch.testing.assert_close(backbone.vit.pos_embed[0, 1:], expected[0].permute(1, 2, 0).reshape(12, 192))
 
 
 # ------------------------------------------------------------------------------------ coarsening
@@ -271,19 +281,19 @@ def mano_batch(model, n: int, seed: int = 0) -> dict:
     with torch.no_grad():  # centre the joints 0.6 m in front of the camera (metres: MANO's own unit)
         joints_m = model.mano(orient, hand_pose, betas).joints
         transl_m = joints_m.new_tensor([0.0, 0.0, 0.6]) - joints_m.mean(1)
-        verts_mm, joints_mm = model.mano.mesh_mm(orient, hand_pose, betas, transl_m)
+        _, joints_mm = model.mano.mesh_mm(orient, hand_pose, betas, transl_m)
     K = torch.tensor([[250.0, 0, W / 2], [0, 250.0, H / 2], [0, 0, 1]])
     uv = project_points(joints_mm, K)
     g = torch.Generator().manual_seed(seed)
-    return {
+    batch = {
         "rgb": torch.randn(n, 3, H, W, generator=g), "depth": torch.rand(n, 1, H, W, generator=g),
         "keypoints_2d": uv / uv.new_tensor([W, H]) - 0.5, "keypoints_2d_valid": torch.ones(n, 21),
         "joints_3d": joints_mm, "joints_3d_valid": torch.ones(n, 21),
         "mano_global_orient": orient, "mano_hand_pose": hand_pose, "mano_betas": betas, "mano_transl": transl_m,
         "has_mano": torch.ones(n), "cam_intrinsics": K.expand(n, 3, 3), "bbox": torch.zeros(n, 4),
-        "sample_index": torch.arange(n), "verts_3d": verts_mm,
-        "mano_rotmats": axis_angle_to_matrix(torch.cat([orient[:, None], hand_pose.reshape(n, 15, 3)], 1)),
+        "sample_index": torch.arange(n),
     }
+    return add_mano_targets(batch, model.mano)
 
 
 def test_prediction_keys_shapes_and_initial_camera(tiny_model):
@@ -304,6 +314,44 @@ def test_prediction_keys_shapes_and_initial_camera(tiny_model):
     # The refiner starts as the identity: refined vertices are the coarse ones.
     torch.testing.assert_close(pred["verts_3d"], pred["coarse"]["verts_3d"])
     torch.testing.assert_close(pred["joints_3d"], tiny_model.mano.joints_from_vertices(pred["coarse"]["verts_3d"]))
+
+
+def test_keypoints_2d_are_the_projection_of_joints_3d_through_the_model_camera(tiny_model):
+    """Refined and coarse keypoints_2d = project_points(joints_3d, crop_intrinsics) in crop units,
+    with a refiner that moves the mesh (its output bias shifts every vertex by the same offset)."""
+    model = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        model.refiner.out.bias.copy_(torch.tensor([1.5, -2.0, 3.0]))
+        pred = model(mano_batch(model, 2))
+    H, W = model.image_size
+    K = crop_intrinsics(model.focal_length, model.image_size)
+    shift = pred["verts_3d"] - pred["coarse"]["verts_3d"]
+    assert shift.abs().min() > 1.0  # the refined mesh is not the coarse one
+    for out in (pred, pred["coarse"]):
+        uv = project_points(out["joints_3d"].double(), K.double())
+        expected = torch.stack([uv[..., 0] / W - 0.5, uv[..., 1] / H - 0.5], dim=-1)
+        torch.testing.assert_close(out["keypoints_2d"].double(), expected, rtol=0, atol=1e-6)
+    assert (pred["keypoints_2d"] - pred["coarse"]["keypoints_2d"]).abs().max() > 1e-4
+
+
+def test_read_state_dict_unwraps_and_names_the_file_on_failure(tmp_path):
+    state = {"a.weight": torch.arange(6.0).reshape(2, 3), "b": torch.ones(2)}
+    good = _save(state, tmp_path / "w.safetensors")
+    assert read_state_dict(good, "--checkpoint x").keys() == state.keys()
+    wrapped = _save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "w.pth")
+    torch.testing.assert_close(read_state_dict(wrapped, "w"), state)
+    data = good.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:len(data) // 2])
+    (tmp_path / "cut.pth").write_bytes(wrapped.read_bytes()[:100])
+    for name in ("cut.safetensors", "cut.pth"):
+        path = tmp_path / name
+        with pytest.raises(UserError, match=rf"^--checkpoint run/ckpt: cannot read {re.escape(str(path))}: "):
+            read_state_dict(path, "--checkpoint run/ckpt")
+    torch.save({"step": 3}, tmp_path / "not_weights.pth")
+    with pytest.raises(UserError, match=r"^model.backbone.checkpoint: .*not_weights.pth does not hold a state dict"):
+        read_state_dict(tmp_path / "not_weights.pth", "model.backbone.checkpoint")
+    with pytest.raises(UserError, match=r"^what: file not found: "):
+        read_state_dict(tmp_path / "nope.safetensors", "what")
 
 
 def test_mesh_mm_is_the_only_metres_to_mm_conversion(monkeypatch):
@@ -377,12 +425,7 @@ def test_tiny_model_overfits_one_batch_of_four_synthetic_samples(tmp_path):
     torch.manual_seed(0)
     model = build_model(cfg)
     dataset = build_dataset(cfg, "train")
-    batch = default_collate([dataset[i] for i in range(4)])
-    with torch.no_grad():
-        batch["verts_3d"], _ = model.mano.mesh_mm(batch["mano_global_orient"], batch["mano_hand_pose"],
-                                                   batch["mano_betas"], batch["mano_transl"])
-        pose_aa = torch.cat([batch["mano_global_orient"][:, None], batch["mano_hand_pose"].reshape(4, 15, 3)], 1)
-        batch["mano_rotmats"] = axis_angle_to_matrix(pose_aa)
+    batch = add_mano_targets(default_collate([dataset[i] for i in range(4)]), model.mano)
     loss_set = losses.LossSet.from_config(cfg.loss, cfg.loss_plugins)
     mult = cfg.optim.lr_mult.model_dump()
     optimizer = torch.optim.AdamW([{"params": ps, "lr": cfg.optim.lr * mult[name]}
@@ -404,14 +447,24 @@ def test_tiny_model_overfits_one_batch_of_four_synthetic_samples(tmp_path):
 def test_mesh_stays_float32_under_bf16_autocast(tiny_model):
     """4-GPU runs use bf16: absolute millimetres must not be rounded to bf16's 8-bit mantissa.
 
-    At initialisation the refiner is the identity, so refined and coarse meshes must agree to well
-    under a millimetre; in bf16 they would differ by whole millimetres at ~500 mm depth.
+    Under bf16 autocast the head may run in bf16, but the mesh is built from its parameters in
+    float32: the coarse mesh equals a float32 recomputation from the coarse output's own parameters
+    (mesh_mm + cam_translation_mm) and the refined joints a float32 regression from the refined
+    vertices. In bf16, MANO's products lose tenths of a millimetre and the regression on vertices
+    ~20 m away whole centimetres.
     """
-    batch = mano_batch(tiny_model, 2)
+    model = tiny_model
+    batch = mano_batch(model, 2)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        pred = tiny_model(batch)
-    assert pred["verts_3d"].dtype == torch.float32
-    assert pred["coarse"]["joints_3d"].dtype == torch.float32
-    assert (pred["verts_3d"] - pred["coarse"]["verts_3d"]).abs().max() < 1e-3
-    # refined joints are regressed from the refined vertices: a bf16 matmul there loses millimetres
-    assert (pred["joints_3d"] - pred["coarse"]["joints_3d"]).abs().max() < 1e-2
+        pred = model(batch)
+    coarse = pred["coarse"]
+    for out in (pred, coarse):
+        assert all(out[k].dtype == torch.float32 for k in ("joints_3d", "verts_3d", "keypoints_2d"))
+    with torch.no_grad():
+        verts_mm, joints_mm = model.mano.mesh_mm(coarse["global_orient"].float(), coarse["hand_pose"].float(),
+                                                 coarse["betas"].float())
+        transl_mm = cam_translation_mm(coarse["cam"].float(), model.focal_length, model.image_size)[:, None]
+        refined_joints = model.mano.joints_from_vertices(pred["verts_3d"])
+    torch.testing.assert_close(coarse["verts_3d"], verts_mm + transl_mm, rtol=0, atol=1e-2)
+    torch.testing.assert_close(coarse["joints_3d"], joints_mm + transl_mm, rtol=0, atol=1e-2)
+    torch.testing.assert_close(pred["joints_3d"], refined_joints, rtol=0, atol=1e-2)

@@ -124,6 +124,13 @@ class OptimConfig(_Section):
 
 
 # ---------------------------------------------------------------------------------------- train
+# The metrics train.best_metric may name: the lower-is-better errors (mm) of
+# utnet.engine.metrics.summarize, per model output. best/ keeps the checkpoint with the lowest value,
+# so F-scores, AUCs and num_samples (higher is better, or no quality at all) are not allowed.
+LOWER_IS_BETTER_METRICS = ("mpjpe", "pa_mpjpe", "mpvpe", "pa_mpvpe")
+BEST_METRICS = tuple(f"{output}/{name}" for output in ("refined", "coarse") for name in LOWER_IS_BETTER_METRICS)
+
+
 class TrainConfig(_Section):
     max_steps: int = Field(1500, ge=1, description="Optimizer steps.")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps per optimizer step.")
@@ -135,7 +142,14 @@ class TrainConfig(_Section):
     image_every: int = Field(500, ge=0, description="Optimizer steps between tensorboard images (0: never).")
     debug_batches: int = Field(3, ge=0, description="First batches for which the data-statistics block is printed.")
     max_nonfinite_steps: int = Field(20, ge=1, description="Consecutive skipped non-finite steps before the run stops.")
-    best_metric: str = Field("refined/pa_mpjpe", description="Metric (lower is better) that selects best/.")
+    best_metric: str = Field("refined/pa_mpjpe", description="Validation metric whose lowest value selects best/: <refined|coarse>/<mpjpe|pa_mpjpe|mpvpe|pa_mpvpe>.")
+
+    @field_validator("best_metric")
+    @classmethod
+    def _lower_is_better(cls, v):
+        if v not in BEST_METRICS:
+            raise ValueError(f"must be a lower-is-better metric, one of {', '.join(BEST_METRICS)}")
+        return v
 
 
 class EvalConfig(_Section):

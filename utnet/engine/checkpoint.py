@@ -3,7 +3,8 @@
 Layout under `<output_dir>/checkpoints/`:
 
     step_00000500/          complete checkpoint (model, optimizer, scheduler, RNG states of every rank,
-                            custom_checkpoint_0.pkl = TrainState, utnet_checkpoint.json written last)
+                            custom_checkpoint_0.pkl = TrainState, utnet_checkpoint.json written last:
+                            step, epoch, batch_in_epoch, num_processes, batch_size per process)
     .tmp-step_00000500/     a save in progress; renamed to step_00000500 only once every rank is done
 
 A checkpoint directory counts as complete only when it carries `utnet_checkpoint.json` and its name has
@@ -103,16 +104,10 @@ def model_weights_file(checkpoint: str | Path) -> Path:
 
 
 def load_model_weights(model, checkpoint: str | Path) -> None:
-    """Load a checkpoint's model weights into an unwrapped model (strict)."""
-    import torch
+    """Load a checkpoint's model weights into an unwrapped model (strict); UserError on an unreadable file."""
+    from utnet.model.weights import read_state_dict
 
-    path = model_weights_file(checkpoint)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path), device="cpu")
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_state_dict(model_weights_file(checkpoint), f"--checkpoint {checkpoint}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(
@@ -134,8 +129,12 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def save_checkpoint(accelerator, directory: str | Path, state: TrainState, extra: dict | None = None) -> Path:
+def save_checkpoint(accelerator, directory: str | Path, state: TrainState, batch_size: int,
+                    extra: dict | None = None) -> Path:
     """Save the whole training state to `directory` atomically. Call on EVERY rank.
+
+    batch_size: samples per batch per process (data.batch_size), recorded with num_processes in the
+    marker: the two decide which samples `batch_in_epoch` batches cover (checked on resume).
 
     The state goes to `.tmp-<name>` first (save_state on all ranks: each writes its own RNG file),
     then the main process writes the marker and renames the directory once every rank has finished.
@@ -151,7 +150,7 @@ def save_checkpoint(accelerator, directory: str | Path, state: TrainState, extra
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         info = {"step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
-                "num_processes": accelerator.num_processes, **(extra or {})}
+                "num_processes": accelerator.num_processes, "batch_size": batch_size, **(extra or {})}
         marker_tmp = tmp / (MARKER + ".part")
         marker_tmp.write_text(json.dumps(info, indent=2))
         os.replace(marker_tmp, tmp / MARKER)
@@ -160,9 +159,9 @@ def save_checkpoint(accelerator, directory: str | Path, state: TrainState, extra
     return final
 
 
-def save_step_checkpoint(accelerator, output_dir: str | Path, state: TrainState, keep: int) -> Path:
+def save_step_checkpoint(accelerator, output_dir: str | Path, state: TrainState, batch_size: int, keep: int) -> Path:
     """Save `checkpoints/step_<step>` and keep only the newest `keep` complete checkpoints."""
-    path = save_checkpoint(accelerator, checkpoint_root(output_dir) / f"step_{state.step:08d}", state)
+    path = save_checkpoint(accelerator, checkpoint_root(output_dir) / f"step_{state.step:08d}", state, batch_size)
     if accelerator.is_main_process:
         for old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -170,11 +169,21 @@ def save_step_checkpoint(accelerator, output_dir: str | Path, state: TrainState,
     return path
 
 
-def load_checkpoint(accelerator, path: str | Path) -> None:
-    """Restore model, optimizer, scheduler, RNG states and the registered TrainState (every rank)."""
+def load_checkpoint(accelerator, path: str | Path, batch_size: int, log=print) -> dict:
+    """Restore model, optimizer, scheduler, RNG states and the registered TrainState (every rank).
+
+    Returns the checkpoint's marker. When it was saved with another process count or per-process
+    batch size than `accelerator.num_processes` / `batch_size`, the run goes on (changing the GPU count
+    on resume is legitimate) but `log` gets a warning: the batches skipped to reach `batch_in_epoch`
+    cover other samples than the ones the saved run consumed, so the data order is not exact.
+    """
     accelerator.load_state(str(path))
-    # load_state does not restore the save counter; keep it past the checkpoint in case automatic
-    # naming is ever switched on (our own saves name their directory by step).
-    m = STEP_DIR.match(Path(path).name)
-    if m:
-        accelerator.project_configuration.iteration = int(m.group(1)) + 1
+    info = json.loads((Path(path) / MARKER).read_text())
+    changed = [f"{key} {info[key]} -> {now}" for key, now in (("num_processes", accelerator.num_processes),
+                                                              ("batch_size", batch_size))
+               if key in info and info[key] != now]
+    if changed:
+        log(f"WARNING: resuming {path} with {', '.join(changed)} (saved -> now): the rest of epoch "
+            f"{info.get('epoch')} skips {info.get('batch_in_epoch')} batches of the new size, so some samples "
+            f"are seen twice or not at all this epoch; the data order is not exact")
+    return info

@@ -15,6 +15,7 @@ import torch
 
 from utnet.engine import metrics as M
 from utnet.engine.targets import add_mano_targets
+from utnet.model.camera import crop_intrinsics
 
 
 def _errors(pred: dict, batch: dict, verts_valid: torch.Tensor) -> dict:
@@ -44,7 +45,8 @@ def evaluate(accelerator, model, loader, split: str, expected_size: int, out_dir
 @torch.no_grad()
 def _evaluate(accelerator, model, loader, split, expected_size, out_dir, grid_samples, write_submission, log):
     model.eval()
-    mano = accelerator.unwrap_model(model).mano
+    net = accelerator.unwrap_model(model)
+    mano = net.mano
     refined, coarse, submission = [], [], []
     shown = {"sample": [], "pred": []}
     for batch in loader:
@@ -85,22 +87,24 @@ def _evaluate(accelerator, model, loader, split, expected_size, out_dir, grid_sa
         tmp = out_dir / "metrics.json.part"
         tmp.write_text(json.dumps(M.metrics_for_json(result), indent=2))
         tmp.replace(out_dir / "metrics.json")
-        _write_figures(out_dir, shown, M.per_joint_errors_mm(refined), mano)
+        _write_figures(out_dir, shown, M.per_joint_errors_mm(refined), mano,
+                       crop_intrinsics(net.focal_length, net.image_size))
         if write_submission:
             _write_submission(out_dir, _cat(submission), log)
     accelerator.wait_for_everyone()
     return result
 
 
-def _write_figures(out_dir: Path, shown: dict, per_joint_mm: torch.Tensor, mano) -> None:
-    """predictions.png (crops with mesh and skeletons) and per_joint_error.png (Procrustes-aligned, mm)."""
+def _write_figures(out_dir: Path, shown: dict, per_joint_mm: torch.Tensor, mano, pred_intrinsics) -> None:
+    """predictions.png (crops with mesh and skeletons; predictions drawn through the model's camera
+    pred_intrinsics [3,3]) and per_joint_error.png (Procrustes-aligned, mm)."""
     import cv2
 
     from utnet.engine.visualize import per_joint_error_chart, prediction_grid, prediction_panel
 
     faces = mano.faces.cpu()
     if shown["sample"]:
-        panels = [prediction_panel(s, p, faces) for s, p in zip(shown["sample"], shown["pred"])]
+        panels = [prediction_panel(s, p, faces, pred_intrinsics) for s, p in zip(shown["sample"], shown["pred"])]
         cv2.imwrite(str(out_dir / "predictions.png"), prediction_grid(panels))
     chart = per_joint_error_chart(per_joint_mm, title="per-joint error after Procrustes alignment (mm)")
     cv2.imwrite(str(out_dir / "per_joint_error.png"), chart)

@@ -1,9 +1,19 @@
 """Stop requests by signal: the handler only sets a flag; the training loop acts at a step boundary.
 
-SIGTERM (schedulers, `kill`), SIGHUP (a closed terminal; torchrun/accelerate launch forward it to
-every worker), SIGINT (Ctrl-C) and SIGUSR1 (cluster pre-emption warnings) all mean "save and stop".
-Ranks may receive the signal at different moments, so they agree on it with `agree_max` at the next
-optimizer step: every rank then saves the same step and exits 0.
+SIGTERM (schedulers, `kill`), SIGHUP (a closed terminal), SIGINT (Ctrl-C) and SIGUSR1 (cluster
+pre-emption warnings) all mean "save and stop". Ranks may receive the signal at different moments, so
+they agree on it with `agree_max` at the next optimizer step: every rank then saves the same step and
+exits 0. The handlers are installed once the data set exists (before the model is built and the
+untrained model evaluated), so a signal during that evaluation stops the run after its first step; a
+signal while `utnet train` is still synthesising the data set ends the process with no save.
+
+Under accelerate launch / torchrun (torch elastic) each worker runs in a session of its own, so a
+closed terminal, Ctrl-C or a `kill` of the launcher reaches it only through the launcher. The launcher
+forwards the signals in PET_SIGNALS_TO_HANDLE (default SIGTERM,SIGINT,SIGHUP,SIGQUIT; SIGQUIT is not
+handled here and kills a worker) and SIGKILLs any worker still running TORCH_ELASTIC_SHUTDOWN_TIMEOUT
+seconds later (default 30), saved or not. A signal not in that list, SIGUSR1 by default, kills the
+launcher and the workers train on as orphans. launch/train_detached.sh adds SIGUSR1 to the list,
+forwards a SIGUSR1 sent to it as SIGTERM and sets the timeout to 600 s.
 """
 from __future__ import annotations
 

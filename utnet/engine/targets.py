@@ -26,7 +26,8 @@ def add_mano_targets(batch: dict, mano) -> dict:
     rotmats = axis_angle_to_matrix(pose_aa)
     batch["mano_rotmats"] = rotmats
     if "verts_3d" not in batch:
-        # rotation-matrix input: [B,3] axis-angle with B = 3 would read as one 3x3 matrix
+        # the matrices of mano_rotmats: MANO does not convert the axis-angle a second time, and the
+        # vertices come from exactly the rotations the loss compares against
         verts_mm, _ = mano.mesh_mm(rotmats[:, :1], rotmats[:, 1:], batch["mano_betas"].float(),
                                    batch["mano_transl"].float())
         batch["verts_3d"] = verts_mm.float()

@@ -38,7 +38,7 @@ def metric_scalars(metrics: dict, split: str) -> dict[str, float]:
 
 
 def log_image(accelerator, tag: str, image_hwc_uint8: np.ndarray, step: int) -> None:
-    """One RGB image [H,W,3] uint8 on the main process (other ranks get a blank tracker)."""
+    """One RGB image [H,W,3] uint8 on the main process; a no-op on the other ranks (every rank may call it)."""
     if not accelerator.is_main_process:
         return
     writer = accelerator.get_tracker("tensorboard", unwrap=True)
@@ -67,10 +67,11 @@ def comparison_table(baseline: dict, final: dict) -> str:
 
 
 class Progress:
-    """A tqdm bar on the main process when stdout is a terminal; plain lines every `every` steps otherwise."""
+    """A tqdm bar on the main process when stdout is a terminal; otherwise one plain line per update()
+    that carries a loss (the caller passes it on train.log_every steps). Silent when not `enabled`."""
 
-    def __init__(self, total: int, initial: int, enabled: bool, every: int):
-        self.total, self.every, self.enabled = total, every, enabled
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.total, self.enabled = total, enabled
         self.start_step, self.start_time = initial, time.perf_counter()
         self.bar = None
         if enabled and sys.stdout.isatty():

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ from utnet.engine.signals import StopOnSignal, agree_max, ignore_in_worker
 from utnet.engine.targets import add_mano_targets
 from utnet.engine.tracking import (Progress, comparison_table, data_statistics, log_image, log_scalars,
                                    metric_scalars, start_tracking, summary_line)
-from utnet.errors import ConfigError, UserError
+from utnet.errors import UserError
 
 _MIX = 1_000_003
 
@@ -133,12 +132,29 @@ def write_run_state(output_dir: Path, status: str, **fields) -> None:
 
 
 def metric_value(metrics: dict, dotted: str) -> float:
-    output, name = dotted.split("/", 1) if "/" in dotted else ("refined", dotted)
-    value = metrics.get(output, {}).get(name)
-    if value is None:
-        raise ConfigError([f"train.best_metric: no metric {dotted!r} (known: "
-                           f"{', '.join(f'{o}/{k}' for o in ('refined', 'coarse') for k in metrics[o])}) (got {dotted!r})"])
-    return float(value)
+    """metrics["refined"]["pa_mpjpe"] for "refined/pa_mpjpe" (a train.best_metric, validated by the config)."""
+    output, name = dotted.split("/", 1)
+    return float(metrics[output][name])
+
+
+def finish_step(accelerator, optimizer, scheduler, state: ckpt.TrainState, nonfinite: bool) -> None:
+    """The optimizer step boundary, after accelerator.clip_grad_norm_: step, or skip a non-finite step.
+
+    Every rank passes the same `nonfinite` (agreed with agree_max). A skipped step leaves the weights,
+    the optimizer state and the schedule untouched. Under fp16, clip_grad_norm_ has already called the
+    GradScaler's unscale_; the scaler's update() normally runs inside optimizer.step(), so a skipped
+    step calls it here: without it the next unscale_ raises and the loss scale would never drop.
+    """
+    if nonfinite:
+        state.nonfinite_in_row += 1
+        state.nonfinite_total += 1
+        if accelerator.scaler is not None:
+            accelerator.scaler.update()
+    else:
+        optimizer.step()
+        scheduler.step()
+        state.nonfinite_in_row = 0
+    optimizer.zero_grad(set_to_none=True)
 
 
 def train(cfg: ExperimentConfig, resume: str = "auto", log=print) -> dict:
@@ -147,23 +163,35 @@ def train(cfg: ExperimentConfig, resume: str = "auto", log=print) -> dict:
     resume: "auto" (newest complete checkpoint under output_dir, if any), "none", or a checkpoint path.
     Bad input raises UserError before anything is written.
     """
-    from accelerate.data_loader import skip_first_batches
-    from accelerate.utils import set_seed
-
-    import losses
-    from utnet.data import build_dataset, ensure_dataset
-    from utnet.model import build_model
+    from utnet.data import ensure_dataset
 
     out = Path(cfg.output_dir)
     resume_from = ckpt.resolve_resume(resume, out)
-    t = cfg.train
     accelerator = make_accelerator(cfg, out, log_with="tensorboard")
-    main = accelerator.is_main_process
-    say = log if main else (lambda *a, **k: None)
+    say = log if accelerator.is_main_process else (lambda *a, **k: None)
 
     # ---------------------------------------------------------------- build
     with accelerator.main_process_first():
         ensure_dataset(cfg, say)
+    # From here on a signal only sets a flag (the untrained evaluation can take minutes): the run saves and
+    # stops at its first optimizer step. Synthesis stays outside: a closed terminal's SIGHUP would kill its
+    # pool workers and leave the parent waiting on them, so there the whole process dies, as before.
+    with StopOnSignal() as stop:
+        return _train_after_data(cfg, accelerator, resume_from, say, stop)
+
+
+def _train_after_data(cfg: ExperimentConfig, accelerator, resume_from, say, stop) -> dict:
+    """`train` once the data set exists, with the signal handlers installed (`stop`)."""
+    from accelerate.data_loader import skip_first_batches
+    from accelerate.utils import set_seed
+
+    import losses
+    from utnet.data import build_dataset
+    from utnet.model import build_model
+
+    out = Path(cfg.output_dir)
+    t = cfg.train
+    main = accelerator.is_main_process
     train_set = build_dataset(cfg, "train")
     val_set = eval_subset(build_dataset(cfg, "val"), cfg.eval.max_samples, say)
     set_seed(cfg.seed)
@@ -171,7 +199,10 @@ def train(cfg: ExperimentConfig, resume: str = "auto", log=print) -> dict:
     loss_set = losses.LossSet.from_config(cfg.loss, cfg.loss_plugins).to(accelerator.device)
     optimizer, scheduler = build_optimizer(cfg, model, accelerator.num_processes)
     sampler = EpochSampler(len(train_set), cfg.seed)
-    worker_seeds = torch.Generator()  # seeds the loader's worker base seed, reset every epoch
+    # Every iterator of a DataLoader draws its worker base seed from `generator`, or from the global torch RNG
+    # when it has none. A private generator, reseeded each epoch, keeps that draw off the global RNG (the
+    # model's stream, restored from a checkpoint mid-epoch) so resumed and uninterrupted runs agree.
+    worker_seeds = torch.Generator()
     train_loader = DataLoader(SeededSamples(train_set, cfg.seed), batch_size=cfg.data.batch_size, sampler=sampler,
                               num_workers=cfg.data.num_workers, drop_last=True, generator=worker_seeds,
                               worker_init_fn=ignore_in_worker)
@@ -185,7 +216,8 @@ def train(cfg: ExperimentConfig, resume: str = "auto", log=print) -> dict:
         model, optimizer, train_loader, val_loader, scheduler)
     state = ckpt.TrainState()
     accelerator.register_for_checkpointing(state)
-    mano = accelerator.unwrap_model(model).mano
+    net = accelerator.unwrap_model(model)
+    mano = net.mano
     group_names = [g["name"] for g in optimizer.param_groups]
 
     if main:
@@ -193,7 +225,7 @@ def train(cfg: ExperimentConfig, resume: str = "auto", log=print) -> dict:
         (out / "config.yaml").write_text(config_to_yaml(cfg))
         write_run_state(out, "running")
     if resume_from is not None:
-        ckpt.load_checkpoint(accelerator, resume_from)
+        ckpt.load_checkpoint(accelerator, resume_from, cfg.data.batch_size, say)
         say(f"resumed from {resume_from} (step {state.step}, epoch {state.epoch}, batch {state.batch_in_epoch})")
     start_tracking(accelerator, cfg)
     say(f"training on {accelerator.num_processes} process(es), {accelerator.device}, mixed precision "
@@ -214,107 +246,96 @@ def train(cfg: ExperimentConfig, resume: str = "auto", log=print) -> dict:
         baseline = json.loads(found[0].read_text()) if found else None
         if main and found and found[0] != baseline_file:
             baseline_file.write_text(found[0].read_text())
-    if baseline is not None:
-        metric_value(baseline, t.best_metric)  # a wrong train.best_metric fails now, not after an hour
     if state.step == 0:
         log_scalars(accelerator, metric_scalars(baseline, "val"), step=0)
 
     # ---------------------------------------------------------------- the loop
     clip = cfg.optim.clip_grad_norm if cfg.optim.clip_grad_norm > 0 else math.inf
-    progress = Progress(t.max_steps, state.step, main, t.log_every)
-    last_metrics, last_saved, stopped_on = None, -1, 0
+    progress = Progress(t.max_steps, state.step, main)
+    last_metrics, stopped_on = None, 0
     debug_left = t.debug_batches
     model.train()
-    with StopOnSignal() as stop:
-        while state.step < t.max_steps and not stopped_on:
-            sampler.set_epoch(state.epoch)
-            train_loader.set_epoch(state.epoch)
-            worker_seeds.manual_seed(cfg.seed * _MIX + state.epoch)
-            batches = skip_first_batches(train_loader, state.batch_in_epoch) if state.batch_in_epoch else train_loader
-            bad_loss = torch.zeros((), device=accelerator.device)
-            for batch in batches:
-                with accelerator.accumulate(model):
-                    add_mano_targets(batch, mano)
-                    pred = model(batch)
-                    total, terms = loss_set(pred, batch)
-                    bad_loss = torch.maximum(bad_loss, (~torch.isfinite(total.detach())).float())
-                    accelerator.backward(total)
-                    state.batch_in_epoch += 1
-                    if debug_left > 0:
-                        debug_left -= 1
-                        say(data_statistics(t.debug_batches - debug_left, batch, pred))
-                    if not accelerator.sync_gradients:
-                        continue
+    while state.step < t.max_steps and not stopped_on:
+        train_loader.set_epoch(state.epoch)  # reaches `sampler` through the prepared loader
+        worker_seeds.manual_seed(cfg.seed * _MIX + state.epoch)
+        batches = skip_first_batches(train_loader, state.batch_in_epoch) if state.batch_in_epoch else train_loader
+        bad_loss = torch.zeros((), device=accelerator.device)
+        for batch in batches:
+            with accelerator.accumulate(model):
+                add_mano_targets(batch, mano)
+                pred = model(batch)
+                total, terms = loss_set(pred, batch)
+                bad_loss = torch.maximum(bad_loss, (~torch.isfinite(total.detach())).float())
+                accelerator.backward(total)
+                state.batch_in_epoch += 1
+                if debug_left > 0:
+                    debug_left -= 1
+                    say(data_statistics(t.debug_batches - debug_left, batch, pred))
+                if not accelerator.sync_gradients:
+                    continue
 
-                    # ---- optimizer step boundary: every rank reaches it together
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)
-                    bad_norm = (~torch.isfinite(grad_norm.detach())).float() if torch.is_tensor(grad_norm) else 0.0
-                    nonfinite, stopped_on = agree_max(accelerator, [torch.maximum(bad_loss, torch.as_tensor(
-                        bad_norm, device=bad_loss.device)), stop.signum])
-                    stopped_on = int(stopped_on)
-                    if nonfinite:  # every rank skips: the weights and the optimizer state stay untouched
-                        state.nonfinite_in_row += 1
-                        state.nonfinite_total += 1
-                    else:
-                        optimizer.step()
-                        scheduler.step()
-                        state.nonfinite_in_row = 0
-                    optimizer.zero_grad(set_to_none=True)
-                    bad_loss = torch.zeros((), device=accelerator.device)
-                    state.step += 1
+                # ---- optimizer step boundary: every rank reaches it together
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)
+                bad_norm = (~torch.isfinite(grad_norm.detach())).float() if torch.is_tensor(grad_norm) else 0.0
+                nonfinite, stopped_on = agree_max(accelerator, [torch.maximum(bad_loss, torch.as_tensor(
+                    bad_norm, device=bad_loss.device)), stop.signum])
+                stopped_on = int(stopped_on)
+                finish_step(accelerator, optimizer, scheduler, state, bool(nonfinite))
+                bad_loss = torch.zeros((), device=accelerator.device)
+                state.step += 1
 
-                if state.nonfinite_in_row >= t.max_nonfinite_steps:
-                    good = ckpt.list_checkpoints(out)
-                    if main:
-                        write_run_state(out, "failed", step=state.step)
-                    raise UserError(
-                        f"train.max_nonfinite_steps: {state.nonfinite_in_row} non-finite steps in a row at step "
-                        f"{state.step} (loss or gradient norm NaN/inf); weights not updated by them; last good "
-                        f"checkpoint: {good[-1] if good else 'none'}", exit_code=1)
-                if nonfinite:
-                    say(f"step {state.step}: non-finite loss or gradient norm on some rank: step skipped "
-                        f"({state.nonfinite_in_row} in a row, {state.nonfinite_total} in total)")
+            if state.nonfinite_in_row >= t.max_nonfinite_steps:
+                good = ckpt.list_checkpoints(out)
+                if main:
+                    write_run_state(out, "failed", step=state.step)
+                raise UserError(
+                    f"train.max_nonfinite_steps: {state.nonfinite_in_row} non-finite steps in a row at step "
+                    f"{state.step} (loss or gradient norm NaN/inf); weights not updated by them; last good "
+                    f"checkpoint: {good[-1] if good else 'none'}", exit_code=1)
+            if nonfinite:
+                say(f"step {state.step}: non-finite loss or gradient norm on some rank: step skipped "
+                    f"({state.nonfinite_in_row} in a row, {state.nonfinite_total} in total)")
 
-                logging_now = state.step % t.log_every == 0 or state.step == t.max_steps
-                if logging_now:
-                    scalars = {**terms, "loss/total": total.detach(), "grad_norm": torch.as_tensor(grad_norm).float()}
-                    scalars = dict(zip(scalars, accelerator.reduce(
-                        torch.stack([v.float().reshape(()) for v in scalars.values()]), reduction="mean").tolist()))
-                    scalars.update({f"lr/{n}": g["lr"] for n, g in zip(group_names, optimizer.param_groups)})
-                    scalars["nonfinite_steps"] = state.nonfinite_total
-                    log_scalars(accelerator, scalars, step=state.step)
-                    progress.update(state.step, scalars["loss/total"], optimizer.param_groups[0]["lr"])
-                else:
-                    progress.update(state.step)
-
-                if t.image_every and state.step % t.image_every == 0 and main:
-                    log_image(accelerator, "images/train", training_panel(batch, pred, mano), state.step)
-
-                if (t.eval_every and state.step % t.eval_every == 0) or state.step == t.max_steps:
-                    last_metrics = evaluate(accelerator, model, val_loader, "val", len(val_set), out_dir=out,
-                                            grid_samples=cfg.eval.grid_samples, log=progress.write)
-                    log_scalars(accelerator, metric_scalars(last_metrics, "val"), step=state.step)
-                    progress.write(summary_line(state.step, "val", last_metrics))
-                    model.train()
-                    value = metric_value(last_metrics, t.best_metric)
-                    if value < state.best_metric:
-                        state.best_metric = value
-                        ckpt.save_checkpoint(accelerator, out / "best", state, extra={t.best_metric: value})
-                        if main:
-                            (out / "best" / "metrics.json").write_text((out / "metrics.json").read_text())
-
-                if (t.checkpoint_every and state.step % t.checkpoint_every == 0) or state.step == t.max_steps \
-                        or stopped_on:
-                    ckpt.save_step_checkpoint(accelerator, out, state, t.keep_checkpoints)
-                    last_saved = state.step
-                if stopped_on:
-                    progress.write(f"saved checkpoint on signal {stopped_on} at step {state.step}")
-                    break
-                if state.step >= t.max_steps:
-                    break
+            logging_now = state.step % t.log_every == 0 or state.step == t.max_steps
+            if logging_now:
+                scalars = {**terms, "loss/total": total.detach(), "grad_norm": torch.as_tensor(grad_norm).float()}
+                scalars = dict(zip(scalars, accelerator.reduce(
+                    torch.stack([v.float().reshape(()) for v in scalars.values()]), reduction="mean").tolist()))
+                scalars.update({f"lr/{n}": g["lr"] for n, g in zip(group_names, optimizer.param_groups)})
+                scalars["nonfinite_steps"] = state.nonfinite_total
+                log_scalars(accelerator, scalars, step=state.step)
+                progress.update(state.step, scalars["loss/total"], optimizer.param_groups[0]["lr"])
             else:
-                state.epoch += 1
-                state.batch_in_epoch = 0
+                progress.update(state.step)
+
+            if t.image_every and state.step % t.image_every == 0 and main:
+                log_image(accelerator, "images/train", training_panel(batch, pred, net), state.step)
+
+            if (t.eval_every and state.step % t.eval_every == 0) or state.step == t.max_steps:
+                last_metrics = evaluate(accelerator, model, val_loader, "val", len(val_set), out_dir=out,
+                                        grid_samples=cfg.eval.grid_samples, log=progress.write)
+                log_scalars(accelerator, metric_scalars(last_metrics, "val"), step=state.step)
+                progress.write(summary_line(state.step, "val", last_metrics))
+                model.train()
+                value = metric_value(last_metrics, t.best_metric)
+                if value < state.best_metric:
+                    state.best_metric = value
+                    ckpt.save_checkpoint(accelerator, out / "best", state, cfg.data.batch_size,
+                                         extra={t.best_metric: value})
+                    if main:
+                        (out / "best" / "metrics.json").write_text((out / "metrics.json").read_text())
+
+            if (t.checkpoint_every and state.step % t.checkpoint_every == 0) or state.step == t.max_steps \
+                    or stopped_on:
+                ckpt.save_step_checkpoint(accelerator, out, state, cfg.data.batch_size, t.keep_checkpoints)
+            if stopped_on:
+                progress.write(f"saved checkpoint on signal {stopped_on} at step {state.step}")
+                break
+            if state.step >= t.max_steps:
+                break
+        else:
+            state.epoch += 1
+            state.batch_in_epoch = 0
 
     # ---------------------------------------------------------------- the end
     progress.close()
@@ -323,9 +344,7 @@ def train(cfg: ExperimentConfig, resume: str = "auto", log=print) -> dict:
             write_run_state(out, "stopped_on_signal", step=state.step, signal=stopped_on)
         accelerator.end_training()
         return {"baseline": baseline, "final": last_metrics, "stopped_on_signal": stopped_on}
-    if last_saved != state.step:
-        ckpt.save_step_checkpoint(accelerator, out, state, t.keep_checkpoints)
-    if last_metrics is None:
+    if last_metrics is None:  # resumed from a checkpoint at or past train.max_steps: the loop did not run
         last_metrics = evaluate(accelerator, model, val_loader, "val", len(val_set), out_dir=out,
                                 grid_samples=cfg.eval.grid_samples, log=say)
     if baseline is not None:
@@ -340,11 +359,14 @@ def train(cfg: ExperimentConfig, resume: str = "auto", log=print) -> dict:
     return {"baseline": baseline, "final": last_metrics, "stopped_on_signal": 0}
 
 
-def training_panel(batch: dict, pred: dict, mano):
+def training_panel(batch: dict, pred: dict, net):
     """The tensorboard image (uint8 RGB [H,2W,3]) of the first training sample: crop with GT and predicted skeletons and the
-    projected predicted mesh, beside the depth crop (utnet.engine.visualize)."""
+    predicted mesh projected through the model's camera, beside the depth crop (utnet.engine.visualize).
+    net: the unwrapped model (mano, focal_length, image_size)."""
     from utnet.engine.visualize import prediction_panel
+    from utnet.model.camera import crop_intrinsics
 
     sample = {k: v[0].detach().float().cpu() for k, v in batch.items() if torch.is_tensor(v) and v.dim() > 0}
     prediction = {k: v[0].detach().float().cpu() for k, v in pred.items() if torch.is_tensor(v)}
-    return prediction_panel(sample, prediction, mano.faces.cpu())[..., ::-1].copy()  # BGR -> RGB
+    return prediction_panel(sample, prediction, net.mano.faces.cpu(),
+                            crop_intrinsics(net.focal_length, net.image_size))[..., ::-1].copy()  # BGR -> RGB

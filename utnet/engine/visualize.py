@@ -108,26 +108,30 @@ def draw_mesh(img_bgr: np.ndarray, verts_px, faces, alpha: float = 0.5, verts_de
     return img_bgr
 
 
-def prediction_panel(sample: dict, pred_sample: dict, faces) -> np.ndarray:
+def prediction_panel(sample: dict, pred_sample: dict, faces, pred_intrinsics) -> np.ndarray:
     """One sample's picture: the RGB crop with the projected predicted mesh, the GT skeleton (green)
     and the predicted skeleton (red), beside the depth crop with both skeletons.
 
     Args:
         sample: one sample of the batch contract (rgb [3,H,W], depth [1,H,W], keypoints_2d [21,2],
-            optional keypoints_2d_valid [21], cam_intrinsics [3,3] crop pixels).
+            optional keypoints_2d_valid [21]).
         pred_sample: one sample of the prediction dict (keypoints_2d [21,2] crop units,
-            verts_3d [V,3] mm OpenCV camera frame; the mesh is skipped without verts_3d).
+            verts_3d [V,3] mm in the model's camera frame; the mesh is skipped without verts_3d).
         faces: [F,3] mesh faces.
+        pred_intrinsics: [3,3] crop pixels, the camera the prediction lives in: the MODEL's
+            (camera.crop_intrinsics(model.focal_length, data.image_size)), not the sample's
+            cam_intrinsics: the model's absolute depth is its own, and only its projection
+            (keypoints_2d) matches the image.
     Returns:
         uint8 BGR [H, 2W, 3].
     """
     rgb = denormalize_rgb(sample["rgb"])
     height, width = rgb.shape[:2]
     depth = depth_to_bgr(sample["depth"])
-    if pred_sample.get("verts_3d") is not None and sample.get("cam_intrinsics") is not None:
+    if pred_sample.get("verts_3d") is not None:
         verts_cam_mm = _numpy(pred_sample["verts_3d"]).astype(np.float64)
         in_front = verts_cam_mm[:, 2] > 1e-6
-        verts_px = project_points(verts_cam_mm, _numpy(sample["cam_intrinsics"]).astype(np.float64))
+        verts_px = project_points(verts_cam_mm, _numpy(pred_intrinsics).astype(np.float64))
         verts_px[~in_front] = np.nan
         draw_mesh(rgb, verts_px, faces, alpha=0.45, verts_depth=verts_cam_mm[:, 2])
     gt_px = crop_units_to_pixels(sample["keypoints_2d"], height, width)

@@ -20,6 +20,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from utnet.errors import UserError
+from utnet.model.weights import read_state_dict
 
 CHECKPOINT_KEY = "model.backbone.checkpoint"
 
@@ -107,7 +108,7 @@ class Backbone(nn.Module):
         fusion) are optional. Missing and unexpected keys are reported in one warning; a shape
         that still does not fit raises UserError naming the key.
         """
-        state = _read_state_dict(Path(path))
+        state = read_state_dict(path, CHECKPOINT_KEY)
         depth_state = {k[len("depth_embed."):]: v for k, v in state.items() if k.startswith("depth_embed.")}
         state = {k: v for k, v in state.items() if not k.startswith("depth_embed.")}
         own = self.vit.state_dict()
@@ -184,25 +185,6 @@ def _add_depth_channel(rgb_conv: nn.Conv2d) -> nn.Conv2d:
         conv.weight = nn.Parameter(torch.cat([rgb_conv.weight, rgb_conv.weight.mean(1, keepdim=True)], dim=1))
     conv.in_channels = 4
     return conv
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise UserError(f"{CHECKPOINT_KEY}: file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # any reader failure is a bad file for the user
-        raise UserError(f"{CHECKPOINT_KEY}: cannot read {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-    for wrapper in ("state_dict", "model"):  # common .pth layouts: {"state_dict": {...}} / {"model": {...}}
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{CHECKPOINT_KEY}: {path} does not hold a state dict of tensors")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
 def build_backbone(backbone_cfg, image_size: tuple[int, int]) -> Backbone:

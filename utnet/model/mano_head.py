@@ -49,13 +49,13 @@ class ManoHead(nn.Module):
     tx = c_x * TYPICAL_HAND_MM, ty = c_y * TYPICAL_HAND_MM (mm), so that every output is O(1).
 
     Args:
-        init_hand_pose_aa: [45] axis-angle initial hand pose (MANO's hands_mean), or None for identity.
-        init_scale: initial camera s (camera.initial_scale).
+        init_scale: initial camera s (1/mm; camera.initial_scale(data.bbox_expand)).
+        init_hand_pose_aa: [45] axis-angle initial hand pose (tensor or array; MANO's hands_mean),
+            or None for identity.
     """
 
-    def __init__(self, token_dim: int, dim: int, depth: int, heads: int, mlp_ratio: float,
-                 query: str = "zero", ief_iters: int = 1, init_hand_pose_aa: torch.Tensor | None = None,
-                 init_scale: float = 0.0074):
+    def __init__(self, token_dim: int, dim: int, depth: int, heads: int, mlp_ratio: float, *, init_scale: float,
+                 query: str = "zero", ief_iters: int = 1, init_hand_pose_aa=None):
         super().__init__()
         if dim % heads:
             raise UserError(f"model.head.heads: {heads} heads do not divide model.head.dim {dim}")

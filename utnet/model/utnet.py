@@ -14,10 +14,15 @@ from utnet.model.refiner import MeshRefiner
 class UTNet(nn.Module):
     """`model(batch) -> pred` for batch["rgb"] [B,3,H,W] and batch["depth"] [B,1,H,W].
 
-    pred (mm, OpenCV camera frame, absolute = MANO output + predicted camera translation):
+    pred (mm, absolute = MANO output + predicted camera translation):
       joints_3d [B,21,3], verts_3d [B,778,3], keypoints_2d [B,21,2] (crop units) -- refined;
       coarse: joints_3d, verts_3d, keypoints_2d, global_orient [B,1,3,3], hand_pose [B,15,3,3],
       betas [B,10], cam [B,3] (s 1/mm, tx mm, ty mm; camera.py).
+    The absolute joints_3d/verts_3d are in the MODEL's crop camera (OpenCV axes; K =
+    camera.crop_intrinsics(focal_length, image_size), not the sample's cam_intrinsics), and
+    keypoints_2d is their projection through it. Only keypoints_2d and root-relative 3D are
+    comparable with the ground truth; the absolute depth is not (at initialisation the root sits
+    ~2 f / (S s) mm away, metres beyond a real hand).
     Refined joints are MANO's joint regressor plus fingertip vertices on the refined vertices.
     """
 
@@ -66,11 +71,6 @@ class UTNet(nn.Module):
         return {"backbone": trainable(self.backbone), "head": trainable(self.head), "refiner": trainable(self.refiner)}
 
 
-def _hands_mean_aa(mano: ManoLayer) -> torch.Tensor:
-    """MANO's hands_mean [45] axis-angle (the mean hand pose of the model file)."""
-    return torch.as_tensor(mano.hands_mean, dtype=torch.float32).reshape(45)
-
-
 def build_model(cfg) -> UTNet:
     """Build UTNet from an ExperimentConfig (model.*, mano.*, data.image_size, data.bbox_expand)."""
     image_size = tuple(cfg.data.image_size)
@@ -79,15 +79,12 @@ def build_model(cfg) -> UTNet:
         p.requires_grad_(False)
     backbone = build_backbone(cfg.model.backbone, image_size)
     h = cfg.model.head
-    head = ManoHead(backbone.embed_dim, h.dim, h.depth, h.heads, h.mlp_ratio, query=h.query, ief_iters=h.ief_iters,
-                    init_hand_pose_aa=_hands_mean_aa(mano) if h.init_pose == "mean" else None,
-                    init_scale=initial_scale(cfg.data.bbox_expand))
+    head = ManoHead(backbone.embed_dim, h.dim, h.depth, h.heads, h.mlp_ratio,
+                    init_scale=initial_scale(cfg.data.bbox_expand), query=h.query, ief_iters=h.ief_iters,
+                    init_hand_pose_aa=mano.hands_mean if h.init_pose == "mean" else None)
     refiner = None
     if cfg.model.refiner.enabled:
         r = cfg.model.refiner
-        with torch.no_grad():
-            zeros = torch.zeros(1, 3)
-            template_m = mano(zeros, torch.zeros(1, 45), torch.zeros(1, 10)).vertices[0]
-        refiner = MeshRefiner(backbone.embed_dim, template_m.numpy(), mano.faces.cpu().numpy(),
+        refiner = MeshRefiner(backbone.embed_dim, mano.v_template.cpu().numpy(), mano.faces.cpu().numpy(),
                               hidden=r.hidden, layers=r.layers, coarse_vertices=r.coarse_vertices)
     return UTNet(backbone, head, mano, refiner, cfg.model.focal_length, image_size)
