@@ -23,6 +23,8 @@ from utnet.engine.targets import add_mano_targets
 from utnet.model import build_model
 
 LARGE_OVERRIDES = [
+    "model.backbone.stem=patch",  # a pretrained large ViT keeps its own patch projection
+    "model.backbone.stem_depth=1",
     "data.image_size=[256, 192]",
     "model.backbone.name=vit_large_patch16_224",
     "model.head.depth=6",

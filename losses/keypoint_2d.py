@@ -14,11 +14,35 @@ class Keypoint2DLoss(LossTerm):
     applies to both coordinates, so `mean` is the mean absolute coordinate error of the valid joints.
     """
 
+    pred_key = "keypoints_2d"
+
     def elementwise(self, pred, batch):
-        keypoints_pred = self.from_pred(pred, "keypoints_2d")
+        keypoints_pred = self.from_pred(pred, self.pred_key)
         keypoints_gt = self.from_batch(batch, "keypoints_2d")
         valid = self.from_batch(batch, "keypoints_2d_valid")
-        self.check_same_shape("keypoints_2d", keypoints_pred, keypoints_gt)
-        debug.note(f"{self.pred_label}['keypoints_2d'] (crop units)", keypoints_pred)
+        self.check_same_shape(self.pred_key, keypoints_pred, keypoints_gt)
+        debug.note(f"{self.pred_label}['{self.pred_key}'] (crop units)", keypoints_pred)
         debug.note("batch['keypoints_2d'] (crop units)", keypoints_gt)
         return (keypoints_pred - keypoints_gt).abs(), valid.unsqueeze(-1)
+
+
+@register_loss("token_keypoint_2d")
+class TokenKeypoint2DLoss(Keypoint2DLoss):
+    """L1 between pred["token_keypoints_2d"] and the ground-truth 2D keypoints minus the ground-truth
+    wrist (joint 0), in crop units: the wrist-relative keypoints that `model.token_keypoints` regresses
+    linearly from the mean-pooled backbone tokens. It trains the backbone directly, beside the MANO
+    head; the model's outputs do not use these keypoints. A joint counts when it and the wrist are valid.
+    """
+
+    supports_aux = False  # pred["coarse"] has no token keypoints
+    pred_key = "token_keypoints_2d"
+
+    def elementwise(self, pred, batch):
+        keypoints_pred = self.from_pred(pred, self.pred_key)
+        keypoints_gt = self.from_batch(batch, "keypoints_2d")
+        valid = self.from_batch(batch, "keypoints_2d_valid")
+        self.check_same_shape(self.pred_key, keypoints_pred, keypoints_gt)
+        relative_gt = keypoints_gt - keypoints_gt[:, :1]
+        debug.note(f"{self.pred_label}['{self.pred_key}'] (crop units, wrist-relative)", keypoints_pred)
+        debug.note("batch['keypoints_2d'] - wrist (crop units)", relative_gt)
+        return (keypoints_pred - relative_gt).abs(), (valid * valid[:, :1]).unsqueeze(-1)

@@ -134,6 +134,21 @@ def test_cli_best_metric_must_be_lower_is_better(cli):
     assert load_config(None, ["train.best_metric=coarse/mpvpe"]).train.best_metric == "coarse/mpvpe"
 
 
+def test_cli_settings_that_only_work_together(cli):
+    """stem_depth without the conv stem, and a token_keypoint_2d term without the model's token
+    keypoint head, are each one line and exit 2 (the second would otherwise fail at the first step)."""
+    result = cli("config", "--set", "model.backbone.stem=patch", "--set", "model.backbone.stem_depth=2")
+    _assert_config_error(result, "model.backbone.stem_depth:", "stem: conv", "got 2")
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    result = cli("config", "--set", "model.token_keypoints=false", "--set", "loss.kp_tokens={type: token_keypoint_2d}")
+    # the default config's own token_keypoint_2d term is the second problem: one line each
+    _assert_config_error(result, "loss.kp_tokens:", "loss.token_keypoint_2d:", "model.token_keypoints: true")
+    assert result.stderr.strip().count("\n") == 1, result.stderr
+    # a term at weight 0 is still computed (and logged), so it needs the head too
+    with pytest.raises(ConfigError, match=r"^loss.token_keypoint_2d: supervises"):
+        load_config(None, ["model.token_keypoints=false", "loss.token_keypoint_2d={weight: 0}"])
+
+
 def test_cli_missing_file(cli, tmp_path):
     missing = tmp_path / "nope.yaml"
     _assert_config_error(cli("config", "--config", missing), "config: file not found", str(missing))

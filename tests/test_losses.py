@@ -11,7 +11,7 @@ from losses import registry
 
 B = 3
 REDUCTIONS = ["sum", "mean", "batch_mean"]
-ALL_TERMS = ["keypoint_2d", "joint_3d", "vertex_3d", "mano_prior", "aux"]
+ALL_TERMS = ["keypoint_2d", "joint_3d", "vertex_3d", "mano_prior", "aux", "token_keypoint_2d"]
 
 
 def random_rotations(*shape, generator):
@@ -50,6 +50,7 @@ def make_inputs(seed=0, batch_size=B):
                 "keypoints_2d": torch.rand(batch_size, 21, 2, generator=g) - 0.5}
 
     pred = output()
+    pred["token_keypoints_2d"] = torch.rand(batch_size, 21, 2, generator=g) - 0.5  # wrist-relative
     pred["coarse"] = output()
     rot = random_rotations(batch_size, 16, generator=g)
     pred["coarse"].update(global_orient=rot[:, :1], hand_pose=rot[:, 1:],
@@ -103,6 +104,24 @@ def test_keypoint_2d_each_reduction_by_hand():
         assert value.item() == pytest.approx(10 * raw_expected)
         assert stats["weight_sum"].item() == 82
         assert stats["error_max"].item() == pytest.approx(0.5)  # the 1.0 error has no weight
+
+
+def test_token_keypoint_2d_is_the_l1_to_the_wrist_relative_keypoints():
+    """Elements: |token - (gt - gt wrist)| per coordinate; a joint counts when it and the wrist are
+    valid. The refined keypoints_2d do not enter it."""
+    pred, batch = make_inputs()
+    batch["keypoints_2d_valid"][1, 0] = 0.0  # sample 1 has no wrist: none of its joints count
+    relative = batch["keypoints_2d"] - batch["keypoints_2d"][:, :1]
+    weight = (batch["keypoints_2d_valid"] * batch["keypoints_2d_valid"][:, :1])[..., None].expand(-1, -1, 2)
+    error = (pred["token_keypoints_2d"] - relative).abs()
+    for reduction, expected in (("sum", (error * weight).sum()), ("mean", (error * weight).sum() / weight.sum()),
+                                ("batch_mean", (error * weight).sum() / B)):
+        value = term("token_keypoint_2d", reduction=reduction, weight=2.0)(pred, batch)[0]
+        assert value.item() == pytest.approx(2.0 * expected.item(), rel=1e-6), reduction
+    changed = dict(pred, keypoints_2d=pred["keypoints_2d"] + 1.0)
+    assert term("token_keypoint_2d")(changed, batch)[0].item() == term("token_keypoint_2d")(pred, batch)[0].item()
+    with pytest.raises(ValueError, match=r"'token_keypoint_2d' cannot be applied to pred\['coarse'\] by aux"):
+        term("aux", terms=["token_keypoint_2d"])
 
 
 def test_mean_is_zero_not_nan_without_weight():
@@ -213,7 +232,8 @@ def test_gradients_reach_the_prediction_from_every_term():
     needs = {"keypoint_2d": [("keypoints_2d",)], "joint_3d": [("joints_3d",)],
              "vertex_3d": [("verts_3d",), ("joints_3d",)],
              "mano_prior": [("coarse", "global_orient"), ("coarse", "hand_pose"), ("coarse", "betas")],
-             "aux": [("coarse", "joints_3d"), ("coarse", "keypoints_2d")]}
+             "aux": [("coarse", "joints_3d"), ("coarse", "keypoints_2d")],
+             "token_keypoint_2d": [("token_keypoints_2d",)]}
     for name, paths in needs.items():
         for reduction in REDUCTIONS:
             inputs = leaves(pred)
@@ -409,7 +429,8 @@ def test_cli_plugins_lists_builtins_and_loss_plugins_modules(cli, tmp_path):
     text = cli("plugins")
     assert text.returncode == 0, text.stderr
     for name in ALL_TERMS:
-        assert f"{name}  (losses.{name} (built-in)" in text.stdout
+        module = {"token_keypoint_2d": "keypoint_2d"}.get(name, name)  # a subclass beside its parent
+        assert f"{name}  (losses.{module} (built-in)" in text.stdout
     assert "double_kp" not in text.stdout
 
 

@@ -147,6 +147,57 @@ def test_conv_stem_keeps_the_token_grid_and_loads_the_transformer_of_an_rgb_chec
         Backbone("vit_tiny_patch16_224", IMAGE_SIZE, stem="pyramid")
 
 
+def test_conv_stem_depth_adds_stride_one_convolutions_per_stage():
+    """stem_depth 2: each of the 4 stages is a stride-2 then a stride-1 3x3 convolution at the same
+    width; the token grid does not change."""
+    torch.manual_seed(0)
+    rgb, depth = torch.randn(2, 3, *IMAGE_SIZE), torch.rand(2, 1, *IMAGE_SIZE)
+    backbone = Backbone("vit_tiny_patch16_224", IMAGE_SIZE, "early", stem="conv", stem_depth=2)
+    convs = [m for m in backbone.vit.patch_embed.proj if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2), (1, 1)] * 4 + [(1, 1)]
+    assert [c.kernel_size for c in convs] == [(3, 3)] * 8 + [(1, 1)]
+    assert [c.out_channels for c in convs] == [24, 24, 48, 48, 96, 96, 192, 192, 192] and convs[0].in_channels == 4
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.vit.patch_embed.proj) == 8
+    tokens, fmap = backbone(rgb, depth)
+    assert tokens.shape == (2, 12, 192) and fmap.shape == (2, 192, 4, 3)
+    cfg = _config("data.image_size=[64, 48]", "model.backbone.stem=conv", "model.backbone.stem_depth=3")
+    proj = build_model(cfg).backbone.vit.patch_embed.proj
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in proj) == 13
+
+
+def test_token_keypoints_regress_from_the_mean_pooled_tokens_and_train_the_backbone():
+    """model.token_keypoints: pred['token_keypoints_2d'] [B,21,2] is a linear map of the mean of the
+    backbone tokens; `token_keypoint_2d` compares it with the wrist-relative ground truth, gives every
+    backbone parameter a gradient and none to the MANO head; the regressor is in the head's
+    parameter group (optim.lr_mult.head)."""
+    import losses
+
+    cfg = _config("data.image_size=[64, 48]", "model.backbone.stem=conv", "model.token_keypoints=true")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    batch = mano_batch(model, 2)
+    pred = model(batch)
+    tokens, _ = model.backbone(batch["rgb"], batch["depth"])
+    assert pred["token_keypoints_2d"].shape == (2, 21, 2)
+    expected = (tokens.mean(1) @ model.token_keypoints.weight.T + model.token_keypoints.bias).reshape(2, 21, 2)
+    torch.testing.assert_close(pred["token_keypoints_2d"], expected)
+    head_group = {id(p) for p in model.param_groups()["head"]}
+    assert {id(p) for p in model.token_keypoints.parameters()} <= head_group
+    loss_set = losses.LossSet.from_config({"token_keypoint_2d": {"weight": 1.0, "reduction": "mean"}})
+    total, logs = loss_set(pred, batch)
+    relative = batch["keypoints_2d"] - batch["keypoints_2d"][:, :1]
+    torch.testing.assert_close(total, (pred["token_keypoints_2d"] - relative).abs().mean())
+    batch["keypoints_2d_valid"][0, 0] = 0  # without its wrist, sample 0 does not count
+    torch.testing.assert_close(loss_set(pred, batch)[0], (pred["token_keypoints_2d"][1] - relative[1]).abs().mean())
+    batch["keypoints_2d_valid"][0, 0] = 1
+    total.backward()
+    assert all(p.grad is not None and (p.grad != 0).any() for p in model.backbone.parameters() if p.requires_grad)
+    assert all(p.grad is None for p in model.head.parameters())
+    cfg.model.token_keypoints = False  # (load_config would refuse the default loss set without the head)
+    plain = build_model(cfg)
+    assert plain.token_keypoints is None and "token_keypoints_2d" not in plain(batch)
+
+
 @pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "vit_tiny_r_s16_p8_224"])
 def test_image_size_that_the_token_grid_cannot_tile_is_a_user_error(name):
     with pytest.raises(UserError, match=r"^data.image_size: \[120, 96\]"):
@@ -301,7 +352,8 @@ def test_prediction_keys_shapes_and_initial_camera(tiny_model):
     pred = tiny_model(batch)
     shapes = {"joints_3d": (3, 21, 3), "verts_3d": (3, 778, 3), "keypoints_2d": (3, 21, 2)}
     coarse_shapes = {**shapes, "global_orient": (3, 1, 3, 3), "hand_pose": (3, 15, 3, 3), "betas": (3, 10), "cam": (3, 3)}
-    assert set(pred) == {*shapes, "coarse"} and set(pred["coarse"]) == set(coarse_shapes)
+    assert set(pred) == {*shapes, "coarse", "token_keypoints_2d"} and set(pred["coarse"]) == set(coarse_shapes)
+    assert pred["token_keypoints_2d"].shape == (3, 21, 2)  # configs/synthetic.yaml: model.token_keypoints
     for key, shape in shapes.items():
         assert pred[key].shape == shape and pred[key].dtype == torch.float32 and torch.isfinite(pred[key]).all()
     for key, shape in coarse_shapes.items():
@@ -383,7 +435,9 @@ def test_mesh_mm_is_the_only_metres_to_mm_conversion(monkeypatch):
 
 @pytest.mark.parametrize("overrides", [(), ("model.backbone.fusion=late", "model.head.query=learned",
                                             "model.head.ief_iters=2", "model.head.init_pose=identity",
-                                            "model.refiner.coarse_vertices=778")])
+                                            "model.refiner.coarse_vertices=778"),
+                                       ("model.backbone.stem=conv", "model.backbone.stem_depth=2", "model.token_keypoints=true",
+                                        "loss.token_keypoint_2d={weight: 1.0}")])
 def test_every_parameter_gets_a_gradient_from_the_loss_set(overrides):
     """Through the configured loss set every parameter (backbone, head, refiner) is trained.
 

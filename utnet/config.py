@@ -80,6 +80,7 @@ class BackboneConfig(_Section):
     checkpoint: Optional[str] = Field(None, description="Local .safetensors/.pth backbone weights.")
     drop_path: float = Field(0.0, ge=0, lt=1, description="Stochastic depth rate.")
     stem: Literal["patch", "conv"] = Field("patch", description="Patch embedding: the ViT's own strided patch projection, or a convolutional stem (3x3 stride-2 convolutions with BatchNorm, then a 1x1 projection; Xiao et al. 2021) with the same token grid, which trains much faster from scratch.")
+    stem_depth: int = Field(1, ge=1, le=4, description="3x3 convolutions per stride-2 stage of the conv stem (the first strided, the others stride 1). Only with stem: conv.")
 
 
 class HeadConfig(_Section):
@@ -104,6 +105,7 @@ class ModelConfig(_Section):
     head: HeadConfig = Field(default_factory=HeadConfig)
     refiner: RefinerConfig = Field(default_factory=RefinerConfig)
     focal_length: float = Field(5000.0, gt=0, description="HaMeR camera focal length in pixels for a crop of the larger image side; principal point at the crop centre.")
+    token_keypoints: bool = Field(False, description="A linear 2D keypoint regressor on the mean-pooled backbone tokens (pred['token_keypoints_2d'], crop units relative to the wrist), for the `token_keypoint_2d` loss term: a direct 2D signal for a backbone trained from scratch, the part ViTPose pretraining plays for HaMeR's.")
 
 
 # ---------------------------------------------------------------------------------------- optim
@@ -279,7 +281,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError([f"{p}: {msg} (got {_fmt_value(v)})" for p, msg, v in problems])
     # Store every term with its plugin's defaults filled in, so config.yaml says what ran.
     cfg.loss = losses.resolve_loss_config(cfg.loss, list(cfg.loss_plugins))
+    _check_model_against_loss(cfg)
     return cfg
+
+
+def _check_model_against_loss(cfg: ExperimentConfig) -> None:
+    """Settings that are valid alone but not together: one line each, raised as one ConfigError."""
+    problems = []
+    backbone = cfg.model.backbone
+    if backbone.stem != "conv" and backbone.stem_depth != 1:
+        problems.append(f"model.backbone.stem_depth: only applies to model.backbone.stem: conv "
+                        f"(stem is {backbone.stem!r}; got {backbone.stem_depth})")
+    if not cfg.model.token_keypoints:
+        for name, term in cfg.loss.items():
+            if term.get("type", name) == "token_keypoint_2d":  # computed (and logged) even at weight 0
+                problems.append(f"loss.{name}: supervises pred['token_keypoints_2d'], which only a model with "
+                                f"model.token_keypoints: true has (got model.token_keypoints: false)")
+    if problems:
+        raise ConfigError(problems)
 
 
 def config_to_yaml(cfg: ExperimentConfig) -> str:

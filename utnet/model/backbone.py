@@ -37,7 +37,8 @@ class Backbone(nn.Module):
     """
 
     def __init__(self, name: str, image_size: tuple[int, int], fusion: str = "early",
-                 pretrained: bool = False, drop_path: float = 0.0, stem: str = "patch"):
+                 pretrained: bool = False, drop_path: float = 0.0, stem: str = "patch",
+                 stem_depth: int = 1):
         super().__init__()
         try:
             vit = timm.create_model(name, pretrained=pretrained, img_size=tuple(image_size), num_classes=0,
@@ -58,7 +59,7 @@ class Backbone(nn.Module):
         self.embed_dim = vit.embed_dim
         self.grid_size = tuple(vit.patch_embed.grid_size)
         if stem == "conv":
-            vit.patch_embed.proj = conv_stem(vit.patch_embed.proj, name)
+            vit.patch_embed.proj = conv_stem(vit.patch_embed.proj, name, stem_depth)
         elif stem != "patch":
             raise UserError(f"model.backbone.stem: must be 'patch' or 'conv' (got {stem!r})")
         if any(size % cells for size, cells in zip(self.image_size, self.grid_size)):
@@ -141,9 +142,10 @@ class Backbone(nn.Module):
                           f"{len(unexpected)} unexpected key(s) {unexpected}", stacklevel=2)
 
 
-def conv_stem(patch_proj: nn.Module, model_name: str) -> nn.Sequential:
-    """A convolutional stem with the patch projection's token grid: log2(p) 3x3 stride-2 convolutions
-    (BatchNorm, ReLU; widths doubling up to the embedding width) and a 1x1 projection.
+def conv_stem(patch_proj: nn.Module, model_name: str, depth: int = 1) -> nn.Sequential:
+    """A convolutional stem with the patch projection's token grid: log2(p) stages of `depth` 3x3
+    convolutions each (the first of a stage stride 2, the others stride 1; BatchNorm, ReLU; widths
+    doubling up to the embedding width) and a 1x1 projection.
 
     A ViT learns from scratch far faster on such a stem than on one p x p strided projection (Xiao et
     al., "Early convolutions help transformers see better", 2021). It replaces the patch projection
@@ -158,8 +160,10 @@ def conv_stem(patch_proj: nn.Module, model_name: str) -> nn.Sequential:
     widths = [max(embed_dim >> (levels - 1 - i), 8) for i in range(levels)]
     layers, channels = [], patch_proj.in_channels
     for width in widths:
-        layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
-        channels = width
+        for i in range(depth):
+            layers += [nn.Conv2d(channels, width, 3, stride=2 if i == 0 else 1, padding=1, bias=False),
+                       nn.BatchNorm2d(width), nn.ReLU()]
+            channels = width
     layers.append(nn.Conv2d(channels, embed_dim, 1))
     return nn.Sequential(*layers)
 
@@ -188,9 +192,11 @@ def _add_depth_channel(rgb_conv: nn.Conv2d) -> nn.Conv2d:
 
 
 def build_backbone(backbone_cfg, image_size: tuple[int, int]) -> Backbone:
-    """Build from `model.backbone` (name, fusion, pretrained, checkpoint, drop_path, stem) at `data.image_size`."""
+    """Build from `model.backbone` (name, fusion, pretrained, checkpoint, drop_path, stem, stem_depth)
+    at `data.image_size`."""
     backbone = Backbone(backbone_cfg.name, image_size, fusion=backbone_cfg.fusion,
-                        pretrained=backbone_cfg.pretrained, drop_path=backbone_cfg.drop_path, stem=backbone_cfg.stem)
+                        pretrained=backbone_cfg.pretrained, drop_path=backbone_cfg.drop_path, stem=backbone_cfg.stem,
+                        stem_depth=backbone_cfg.stem_depth)
     if backbone_cfg.checkpoint:
         backbone.load_checkpoint(backbone_cfg.checkpoint)
     return backbone

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from utnet.joints import NUM_JOINTS
 from utnet.mano import ManoLayer
 from utnet.model.backbone import build_backbone
 from utnet.model.camera import cam_translation_mm, initial_scale, project_to_crop
@@ -17,7 +18,9 @@ class UTNet(nn.Module):
     pred (mm, absolute = MANO output + predicted camera translation):
       joints_3d [B,21,3], verts_3d [B,778,3], keypoints_2d [B,21,2] (crop units) -- refined;
       coarse: joints_3d, verts_3d, keypoints_2d, global_orient [B,1,3,3], hand_pose [B,15,3,3],
-      betas [B,10], cam [B,3] (s 1/mm, tx mm, ty mm; camera.py).
+      betas [B,10], cam [B,3] (s 1/mm, tx mm, ty mm; camera.py);
+      token_keypoints_2d [B,21,2] (crop units, relative to the wrist), only with `token_keypoints`: a linear regressor on the
+      mean-pooled backbone tokens, an auxiliary output for the `token_keypoint_2d` loss term.
     The absolute joints_3d/verts_3d are in the MODEL's crop camera (OpenCV axes; K =
     camera.crop_intrinsics(focal_length, image_size), not the sample's cam_intrinsics), and
     keypoints_2d is their projection through it. Only keypoints_2d and root-relative 3D are
@@ -27,7 +30,7 @@ class UTNet(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, head: ManoHead, mano: ManoLayer, refiner: MeshRefiner | None,
-                 focal_length: float, image_size: tuple[int, int]):
+                 focal_length: float, image_size: tuple[int, int], token_keypoints: bool = False):
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -35,6 +38,7 @@ class UTNet(nn.Module):
         self.refiner = refiner
         self.focal_length = float(focal_length)
         self.image_size = tuple(image_size)
+        self.token_keypoints = nn.Linear(backbone.embed_dim, NUM_JOINTS * 2) if token_keypoints else None
 
     def forward(self, batch: dict) -> dict:
         tokens, fmap = self.backbone(batch["rgb"], batch["depth"])
@@ -42,7 +46,10 @@ class UTNet(nn.Module):
         # Mesh, camera and refinement work in absolute millimetres: under bf16/fp16 autocast they
         # would lose whole millimetres, so they always run in float32.
         with torch.autocast(device_type=fmap.device.type, enabled=False):
-            return self._mesh(params, fmap.float())
+            pred = self._mesh(params, fmap.float())
+        if self.token_keypoints is not None:
+            pred["token_keypoints_2d"] = self.token_keypoints(tokens.mean(dim=1)).float().unflatten(-1, (-1, 2))
+        return pred
 
     def _mesh(self, params: dict, fmap: torch.Tensor) -> dict:
         params = {k: v.float() for k, v in params.items()}
@@ -68,7 +75,8 @@ class UTNet(nn.Module):
         """Trainable parameters by part (for lr_mult): backbone, head, refiner (empty when disabled)."""
         def trainable(module):
             return [p for p in module.parameters() if p.requires_grad] if module is not None else []
-        return {"backbone": trainable(self.backbone), "head": trainable(self.head), "refiner": trainable(self.refiner)}
+        return {"backbone": trainable(self.backbone), "head": trainable(self.head) + trainable(self.token_keypoints),
+                "refiner": trainable(self.refiner)}
 
 
 def build_model(cfg) -> UTNet:
@@ -87,4 +95,5 @@ def build_model(cfg) -> UTNet:
         r = cfg.model.refiner
         refiner = MeshRefiner(backbone.embed_dim, mano.v_template.cpu().numpy(), mano.faces.cpu().numpy(),
                               hidden=r.hidden, layers=r.layers, coarse_vertices=r.coarse_vertices)
-    return UTNet(backbone, head, mano, refiner, cfg.model.focal_length, image_size)
+    return UTNet(backbone, head, mano, refiner, cfg.model.focal_length, image_size,
+                 token_keypoints=cfg.model.token_keypoints)
