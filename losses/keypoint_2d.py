@@ -1,4 +1,4 @@
-"""`keypoint_2d`: L1 between predicted and ground-truth 2D keypoints, in crop units."""
+"""`keypoint_2d` and `token_keypoint_2d`: L1 between predicted and ground-truth 2D keypoints, in crop units."""
 from __future__ import annotations
 
 from losses import debug
@@ -15,15 +15,20 @@ class Keypoint2DLoss(LossTerm):
     """
 
     pred_key = "keypoints_2d"
+    target_label = "batch['keypoints_2d'] (crop units)"
+
+    def targets(self, keypoints_gt, valid):
+        """The ground truth [B,21,2] and validity [B,21] this term compares with."""
+        return keypoints_gt, valid
 
     def elementwise(self, pred, batch):
         keypoints_pred = self.from_pred(pred, self.pred_key)
         keypoints_gt = self.from_batch(batch, "keypoints_2d")
-        valid = self.from_batch(batch, "keypoints_2d_valid")
         self.check_same_shape(self.pred_key, keypoints_pred, keypoints_gt)
+        target, valid = self.targets(keypoints_gt, self.from_batch(batch, "keypoints_2d_valid"))
         debug.note(f"{self.pred_label}['{self.pred_key}'] (crop units)", keypoints_pred)
-        debug.note("batch['keypoints_2d'] (crop units)", keypoints_gt)
-        return (keypoints_pred - keypoints_gt).abs(), valid.unsqueeze(-1)
+        debug.note(self.target_label, target)
+        return (keypoints_pred - target).abs(), valid.unsqueeze(-1)
 
 
 @register_loss("token_keypoint_2d")
@@ -36,13 +41,7 @@ class TokenKeypoint2DLoss(Keypoint2DLoss):
 
     supports_aux = False  # pred["coarse"] has no token keypoints
     pred_key = "token_keypoints_2d"
+    target_label = "batch['keypoints_2d'] - wrist (crop units)"
 
-    def elementwise(self, pred, batch):
-        keypoints_pred = self.from_pred(pred, self.pred_key)
-        keypoints_gt = self.from_batch(batch, "keypoints_2d")
-        valid = self.from_batch(batch, "keypoints_2d_valid")
-        self.check_same_shape(self.pred_key, keypoints_pred, keypoints_gt)
-        relative_gt = keypoints_gt - keypoints_gt[:, :1]
-        debug.note(f"{self.pred_label}['{self.pred_key}'] (crop units, wrist-relative)", keypoints_pred)
-        debug.note("batch['keypoints_2d'] - wrist (crop units)", relative_gt)
-        return (keypoints_pred - relative_gt).abs(), (valid * valid[:, :1]).unsqueeze(-1)
+    def targets(self, keypoints_gt, valid):
+        return keypoints_gt - keypoints_gt[:, :1], valid * valid[:, :1]

@@ -324,7 +324,12 @@ def test_sigterm_saves_exits_zero_and_resumes_exactly_past_partial_checkpoints(t
 
 
 NAN_PLUGIN = textwrap.dedent('''
-    """Test plugin: a zero loss that is NaN on chosen calls (counted per process)."""
+    """Test plugin: a zero loss that is NaN on chosen calls (counted per process), on every rank or
+    on one. Its gradient stays finite (0 * joints): only the loss is bad, so DDP's gradient
+    all-reduce cannot carry a NaN from one rank to the others."""
+    import os
+    from typing import Optional
+
     import torch
     from pydantic import Field
 
@@ -335,6 +340,7 @@ NAN_PLUGIN = textwrap.dedent('''
     class NanOnCalls(losses.LossTerm):
         class Config(losses.LossConfig):
             calls: list[int] = Field(default_factory=list, description="1-based calls that return NaN")
+            rank: Optional[int] = Field(None, description="only on this RANK (None: every process)")
 
         def __init__(self, config=None, name=None):
             super().__init__(config, name)
@@ -344,7 +350,8 @@ NAN_PLUGIN = textwrap.dedent('''
             self.count += 1
             joints = self.from_pred(pred, "joints_3d")
             error = joints * 0.0
-            if self.count in self.config.calls:
+            on_this_rank = self.config.rank is None or os.environ.get("RANK") == str(self.config.rank)
+            if on_this_rank and self.count in self.config.calls:
                 error = error + float("nan")
             return error, torch.ones_like(error)
 ''')

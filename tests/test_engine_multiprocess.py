@@ -7,13 +7,12 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 from accelerate.test_utils import get_torch_dist_unique_port
 
 from conftest import REPO, run_cli
-from test_engine import TINY, VAL_SIZE, max_diff, ok, tiny_data, weights, write_config  # noqa: F401  (tiny_data is a fixture)
+from test_engine import NAN_PLUGIN, TINY, VAL_SIZE, max_diff, ok, tiny_data, weights, write_config  # noqa: F401  (tiny_data is a fixture)
 
 
 def accelerate_launch(*args, timeout=600, env=None):
@@ -59,44 +58,13 @@ def test_two_processes_train_and_evaluate_every_sample_once(tiny_data, tmp_path)
         assert m1["refined"][name] == pytest.approx(value, abs=1e-5), name
 
 
-NAN_ON_ONE_RANK = textwrap.dedent('''
-    """Test plugin: a zero loss that is NaN on chosen calls of ONE rank; its gradient stays finite
-    (0 * joints), so only that rank's loss is bad and DDP's gradient all-reduce cannot spread it."""
-    import os
-
-    import torch
-    from pydantic import Field
-
-    import losses
-
-
-    @losses.register_loss("nan_on_one_rank")
-    class NanOnOneRank(losses.LossTerm):
-        class Config(losses.LossConfig):
-            rank: int = Field(1, description="the rank (RANK) whose loss turns NaN")
-            calls: list[int] = Field(default_factory=list, description="1-based calls that return NaN")
-
-        def __init__(self, config=None, name=None):
-            super().__init__(config, name)
-            self.count = 0
-
-        def elementwise(self, pred, batch):
-            self.count += 1
-            joints = self.from_pred(pred, "joints_3d")
-            error = joints * 0.0
-            if os.environ.get("RANK") == str(self.config.rank) and self.count in self.config.calls:
-                error = error + float("nan")
-            return error, torch.ones_like(error)
-''')
-
-
 def test_a_nan_loss_on_one_rank_skips_the_step_on_every_rank(tiny_data, tmp_path):  # noqa: F811
     """Rank 1's loss is NaN on its 3rd training call, rank 0's is finite. The ranks agree (agree_max):
     the main process, whose own loss was fine, reports the skip and its weights do not move at step 3
     (without the agreement rank 0 would step alone and the replicas would part)."""
-    (tmp_path / "nan_on_one_rank_plugin.py").write_text(NAN_ON_ONE_RANK)
-    loss = dict(TINY["loss"], nan_on_one_rank={"weight": 1.0, "rank": 1, "calls": [3]})
-    config = write_config(tmp_path, tiny_data, loss_plugins=["nan_on_one_rank_plugin"], loss=loss,
+    (tmp_path / "nan_plugin_for_test.py").write_text(NAN_PLUGIN)
+    loss = dict(TINY["loss"], nan_on_calls={"weight": 1.0, "rank": 1, "calls": [3]})
+    config = write_config(tmp_path, tiny_data, loss_plugins=["nan_plugin_for_test"], loss=loss,
                           train={"max_steps": 4, "eval_every": 0, "image_every": 0, "checkpoint_every": 1,
                                  "log_every": 1})
     run = tmp_path / "run"
