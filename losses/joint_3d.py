@@ -12,11 +12,12 @@ from losses.registry import register_loss
 NUM_JOINTS = 21  # canonical hand joints; losses/ does not import utnet.joints
 
 
-def centre_on_root(points, joints, root_index: int, label: str):
-    """points [B,N,3] minus joints[:, root_index] [B,3] (same unit and frame); notes both for UTNET_DEBUG_LOSS."""
+def centre_on_root(points, joints, root_index: int, label: str, unit: str = "mm"):
+    """points [B,N,D] minus joints[:, root_index] [B,D] (same unit and frame; 3D in mm, or 2D keypoints
+    in crop units); notes both for UTNET_DEBUG_LOSS."""
     centred = points - joints[:, root_index : root_index + 1]
-    debug.note(f"{label} before centring (mm)", points)
-    debug.note(f"{label} after centring (mm)", centred)
+    debug.note(f"{label} before centring ({unit})", points)
+    debug.note(f"{label} after centring ({unit})", centred)
     return centred
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from losses import debug
 from losses.base import LossTerm
+from losses.joint_3d import centre_on_root
 from losses.registry import register_loss
 
 
@@ -15,19 +16,18 @@ class Keypoint2DLoss(LossTerm):
     """
 
     pred_key = "keypoints_2d"
-    target_label = "batch['keypoints_2d'] (crop units)"
 
     def targets(self, keypoints_gt, valid):
         """The ground truth [B,21,2] and validity [B,21] this term compares with."""
+        debug.note("batch['keypoints_2d'] (crop units)", keypoints_gt)
         return keypoints_gt, valid
 
     def elementwise(self, pred, batch):
         keypoints_pred = self.from_pred(pred, self.pred_key)
         keypoints_gt = self.from_batch(batch, "keypoints_2d")
         self.check_same_shape(self.pred_key, keypoints_pred, keypoints_gt)
-        target, valid = self.targets(keypoints_gt, self.from_batch(batch, "keypoints_2d_valid"))
         debug.note(f"{self.pred_label}['{self.pred_key}'] (crop units)", keypoints_pred)
-        debug.note(self.target_label, target)
+        target, valid = self.targets(keypoints_gt, self.from_batch(batch, "keypoints_2d_valid"))
         return (keypoints_pred - target).abs(), valid.unsqueeze(-1)
 
 
@@ -41,7 +41,9 @@ class TokenKeypoint2DLoss(Keypoint2DLoss):
 
     supports_aux = False  # pred["coarse"] has no token keypoints
     pred_key = "token_keypoints_2d"
-    target_label = "batch['keypoints_2d'] - wrist (crop units)"
+    root_index = 0  # the wrist
 
     def targets(self, keypoints_gt, valid):
-        return keypoints_gt - keypoints_gt[:, :1], valid * valid[:, :1]
+        r = self.root_index
+        return (centre_on_root(keypoints_gt, keypoints_gt, r, "batch['keypoints_2d']", unit="crop units"),
+                valid * valid[:, r:r + 1])

@@ -161,6 +161,7 @@ def test_joint_maps_are_inverse_permutations():
 # DESIGN.md: each unit conversion happens once. A new 1000 / 1e3 / 0.001 / 1e-3 factor elsewhere in the
 # framework is how "joints multiplied by 1000 twice" starts.
 MM_FACTORS = (1000, 0.001)
+MM_FACTOR_NAMES = {"M_TO_MM", "MM_PER_M"}  # the owners' named factors: using one elsewhere is a second conversion
 SCALING_OPERATORS = {"*", "/", "*=", "/="}
 MM_FACTOR_FILES = {  # the one place of each conversion: the whole file may use the factors
     "utnet/mano/layer.py",         # M_TO_MM: MANO output metres -> mm (mesh_mm)
@@ -175,7 +176,8 @@ MM_FACTOR_LINES = {  # (file, stripped line): a factor of 1000 that is no unit c
 
 def mm_factor_lines(source: str) -> list[int]:
     """Lines (1-based) of Python source with a numeric literal worth 1000 or 0.001 (1000, 1e3, 1_000.0,
-    0x3E8, 0.001, 1e-3, ...) whose line or statement also holds a * / *= /= operator."""
+    0x3E8, 0.001, 1e-3, ...) or one of the owners' named factors (M_TO_MM, MM_PER_M) whose line or
+    statement also holds a * / *= /= operator."""
     import ast
     import io
     import tokenize
@@ -185,7 +187,8 @@ def mm_factor_lines(source: str) -> list[int]:
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.NEWLINE:
             statement += 1
-        elif tok.type == tokenize.NUMBER and ast.literal_eval(tok.string) in MM_FACTORS:
+        elif (tok.type == tokenize.NUMBER and ast.literal_eval(tok.string) in MM_FACTORS
+              or tok.type == tokenize.NAME and tok.string in MM_FACTOR_NAMES):
             numbers.append((tok.start[0], statement))
         elif tok.type == tokenize.OP and tok.string in SCALING_OPERATORS:
             operator_lines.add(tok.start[0])
@@ -219,12 +222,13 @@ def test_metre_millimetre_factors_live_only_in_their_one_place():
 
 def test_mm_factor_guard_catches_factors_beside_the_operator_or_not():
     caught = ["x = y * np.float32(1000.0)", "z = torch.tensor(1e3) * z", "m = mm * 0.001", "m = 1E-3 * mm",
-              "x /= 1_000", "x = (y\n     * 1000)", "x = y * \\\n    1e3", "out = f(x * s, scale=1000.)", "x = y / 0x3E8"]
+              "x /= 1_000", "x = (y\n     * 1000)", "x = y * \\\n    1e3", "out = f(x * s, scale=1000.)", "x = y / 0x3E8",
+              "joints_mm = joints * M_TO_MM", "m = mm / ho3d.MM_PER_M"]
     for code in caught:
         assert mm_factor_lines(code + "\n"), code
     assert mm_factor_lines("a = 1\nx = (y *\n     1000.0)\n") == [3]
     missed = ["n = 1000", "eps = 1e-3", "x = y * 2", "x = y  # * 1000", "s = 'x * 1000'", "x = y ** 1000",
-              "x = y + 0.001", "a = b * c\nn = 1000"]
+              "x = y + 0.001", "a = b * c\nn = 1000", "from utnet.mano import M_TO_MM"]
     for code in missed:
         assert not mm_factor_lines(code + "\n"), code
 

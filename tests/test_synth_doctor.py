@@ -251,6 +251,30 @@ def _sequence_files(seq_dir):
     return {p.relative_to(seq_dir).as_posix(): md5(p) for p in sorted(seq_dir.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.parametrize("min_frames", [1, None])
+def test_write_synthetic_renders_big_sets_on_every_core_and_small_ones_here(tmp_path, monkeypatch, min_frames):
+    """The process count write_synthetic hands to _render_jobs: one per core (at most one per
+    sequence) once the set reaches PARALLEL_MIN_FRAMES frames, else 1. The render itself runs here
+    (processes=1), so no worker is spawned."""
+    import os
+
+    from utnet.data import synth
+
+    asked = []
+    render_jobs = synth._render_jobs
+
+    def recording(jobs, processes, mano_model_path):
+        asked.append((len(jobs), processes))
+        return render_jobs(jobs, 1, mano_model_path)
+
+    monkeypatch.setattr(synth, "_render_jobs", recording)
+    if min_frames is not None:
+        monkeypatch.setattr(synth, "PARALLEL_MIN_FRAMES", min_frames)
+    synth.write_synthetic(tmp_path / "syn", sequences=4, frames=1, seed=0)  # 4 train + 1 evaluation sequences
+    expected = min(os.cpu_count() or 1, 5) if min_frames == 1 else 1
+    assert asked == [(5, expected)]
+
+
 def test_synth_worker_process_writes_the_same_files(tmp_path):
     """A spawned worker (synth's own initializer and job loop, as `_render_jobs` starts them) writes byte
     for byte what the calling process writes for the same sequence, and returns the same ground truth."""

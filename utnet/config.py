@@ -281,11 +281,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError([f"{p}: {msg} (got {_fmt_value(v)})" for p, msg, v in problems])
     # Store every term with its plugin's defaults filled in, so config.yaml says what ran.
     cfg.loss = losses.resolve_loss_config(cfg.loss, list(cfg.loss_plugins))
-    _check_model_against_loss(cfg)
+    _check_combinations(cfg)
     return cfg
 
 
-def _check_model_against_loss(cfg: ExperimentConfig) -> None:
+def _check_combinations(cfg: ExperimentConfig) -> None:
     """Settings that are valid alone but not together: one line each, raised as one ConfigError."""
     problems = []
     backbone = cfg.model.backbone

@@ -169,10 +169,10 @@ def save_step_checkpoint(accelerator, output_dir: str | Path, state: TrainState,
     return path
 
 
-def load_checkpoint(accelerator, path: str | Path, batch_size: int, log=print) -> dict:
+def load_checkpoint(accelerator, path: str | Path, batch_size: int, log=print) -> None:
     """Restore model, optimizer, scheduler, RNG states and the registered TrainState (every rank).
 
-    Returns the checkpoint's marker. When it was saved with another process count or per-process
+    When it was saved with another process count or per-process
     batch size than `accelerator.num_processes` / `batch_size`, the run goes on (changing the GPU count
     on resume is legitimate) but `log` gets a warning: the batches skipped to reach `batch_in_epoch`
     cover other samples than the ones the saved run consumed, so the data order is not exact.
@@ -186,4 +186,3 @@ def load_checkpoint(accelerator, path: str | Path, batch_size: int, log=print) -
         log(f"WARNING: resuming {path} with {', '.join(changed)} (saved -> now): the rest of epoch "
             f"{info.get('epoch')} skips {info.get('batch_in_epoch')} batches of the new size, so some samples "
             f"are seen twice or not at all this epoch; the data order is not exact")
-    return info

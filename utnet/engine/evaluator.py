@@ -15,7 +15,6 @@ import torch
 
 from utnet.engine import metrics as M
 from utnet.engine.targets import add_mano_targets
-from utnet.model.camera import crop_intrinsics
 
 
 def _errors(pred: dict, batch: dict, verts_valid: torch.Tensor) -> dict:
@@ -88,7 +87,7 @@ def _evaluate(accelerator, model, loader, split, expected_size, out_dir, grid_sa
         tmp.write_text(json.dumps(M.metrics_for_json(result), indent=2))
         tmp.replace(out_dir / "metrics.json")
         _write_figures(out_dir, shown, M.per_joint_errors_mm(refined), mano,
-                       crop_intrinsics(net.focal_length, net.image_size))
+                       net.intrinsics())
         if write_submission:
             _write_submission(out_dir, _cat(submission), log)
     accelerator.wait_for_everyone()

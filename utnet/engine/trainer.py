@@ -362,11 +362,10 @@ def _train_after_data(cfg: ExperimentConfig, accelerator, resume_from, say, stop
 def training_panel(batch: dict, pred: dict, net):
     """The tensorboard image (uint8 RGB [H,2W,3]) of the first training sample: crop with GT and predicted skeletons and the
     predicted mesh projected through the model's camera, beside the depth crop (utnet.engine.visualize).
-    net: the unwrapped model (mano, focal_length, image_size)."""
+    net: the unwrapped model (mano, intrinsics())."""
     from utnet.engine.visualize import prediction_panel
-    from utnet.model.camera import crop_intrinsics
 
     sample = {k: v[0].detach().float().cpu() for k, v in batch.items() if torch.is_tensor(v) and v.dim() > 0}
     prediction = {k: v[0].detach().float().cpu() for k, v in pred.items() if torch.is_tensor(v)}
     return prediction_panel(sample, prediction, net.mano.faces.cpu(),
-                            crop_intrinsics(net.focal_length, net.image_size))[..., ::-1].copy()  # BGR -> RGB
+                            net.intrinsics())[..., ::-1].copy()  # BGR -> RGB

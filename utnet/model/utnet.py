@@ -7,7 +7,7 @@ from torch import nn
 from utnet.joints import NUM_JOINTS
 from utnet.mano import ManoLayer
 from utnet.model.backbone import build_backbone
-from utnet.model.camera import cam_translation_mm, initial_scale, project_to_crop
+from utnet.model.camera import cam_translation_mm, crop_intrinsics, initial_scale, project_to_crop
 from utnet.model.mano_head import ManoHead
 from utnet.model.refiner import MeshRefiner
 
@@ -66,6 +66,10 @@ class UTNet(nn.Module):
         refined_joints = self.mano.joints_from_vertices(refined_verts)
         return {"joints_3d": refined_joints, "verts_3d": refined_verts,
                 "keypoints_2d": self.project(refined_joints), "coarse": coarse}
+
+    def intrinsics(self) -> torch.Tensor:
+        """K [3,3] in crop pixels of the model's camera (the one `project` uses)."""
+        return crop_intrinsics(self.focal_length, self.image_size)
 
     def project(self, points_cam_mm: torch.Tensor) -> torch.Tensor:
         """[B,N,3] mm camera frame -> [B,N,2] crop units through the model's camera."""
