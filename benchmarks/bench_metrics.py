@@ -1,6 +1,6 @@
 """Batched HO3D metrics (utnet.engine.metrics) against a per-sample numpy/scipy reference.
 
-The reference follows the official HO3D eval.py protocol (REFERENCE.md section 3) one sample at a
+The reference follows the official HO3D eval.py protocol (docs/evaluation.md) one sample at a
 time: root-aligned errors, scipy's orthogonal_procrustes alignment, F-scores with two cKDTrees,
 PCK/AUC per keypoint with np.trapezoid. Both run on the same synthetic predictions: a hand-like
 point cloud (palm ellipsoid and five bent finger tubes, 21 joints, 778 vertices, mm, camera frame)

@@ -1,4 +1,4 @@
-"""Parameters and CPU forward+backward time per training step of UTNet (the README's model table).
+"""Parameters and CPU forward+backward time per training step of UTNet (the model table of docs/performance.md).
 
     python benchmarks/bench_model.py [--steps 5] [--threads 2]
 

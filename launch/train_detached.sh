@@ -3,7 +3,7 @@
 #
 # Starts `utnet train` so that it survives a closed terminal or ssh session: the run is started in its
 # own session (setsid) with nohup and all output appended to <output-dir>/train.log. accelerate launch /
-# torchrun install their own SIGHUP handler, so nohup alone does not protect a run (REFERENCE.md 5).
+# torchrun install their own SIGHUP handler, so nohup alone does not protect a run (docs/distributed.md).
 # When the run stops because it received a signal (it saves a checkpoint and writes
 # "stopped_on_signal" to <output-dir>/run_state.json), it is relaunched with --resume auto.
 # To stop for good: kill "$(cat <output-dir>/supervisor.pid)" (the signal is forwarded, the run saves

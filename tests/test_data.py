@@ -1,4 +1,4 @@
-"""HO3D reader and pipeline on fixtures this test writes from the documented format (REFERENCE.md 1).
+"""HO3D reader and pipeline on fixtures this test writes from the documented format (docs/ho3d_format.md).
 
 The fixture hand is posed by the real MANO layer with parameters in the OpenGL frame, written as
 HO3D writes it (metres, OpenGL, HO3D joint order, protocol-2 pickles, two-byte depth PNG), and the
@@ -20,7 +20,7 @@ from utnet.errors import UserError
 
 DEPTH_UNIT_M = 0.00012498664727900177
 K_FULL = np.array([[617.343, 0.0, 312.42], [0.0, 617.343, 241.42], [0.0, 0.0, 1.0]])
-# REFERENCE.md: canonical (wrist, thumb1-4, index1-4, middle1-4, ring1-4, pinky1-4) = ho3d[this]
+# docs/joints.md: canonical (wrist, thumb1-4, index1-4, middle1-4, ring1-4, pinky1-4) = ho3d[this]
 HO3D_INDEX_OF_CANONICAL = [0, 13, 14, 15, 16, 1, 2, 3, 17, 4, 5, 6, 18, 10, 11, 12, 19, 7, 8, 9, 20]
 IMAGE_SIZE = (128, 96)
 HAND_DEPTH_MM = 480.0

@@ -1,4 +1,4 @@
-"""Two gloo ranks on the CPU (REFERENCE.md section 5): train a few steps, then evaluate the checkpoint
+"""Two gloo ranks on the CPU (docs/distributed.md): train a few steps, then evaluate the checkpoint
 on a val split of odd size (7, batch 4 per rank) with 2 processes and with 1: every sample is
 counted once and the metrics agree."""
 from __future__ import annotations

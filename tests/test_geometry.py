@@ -158,7 +158,7 @@ def test_joint_maps_are_inverse_permutations():
     assert all(p < c for c, p in enumerate(J.CANONICAL_PARENTS) if p >= 0)
 
 
-# DESIGN.md: each unit conversion happens once. A new 1000 / 1e3 / 0.001 / 1e-3 factor elsewhere in the
+# docs/units.md: each unit conversion happens once. A new 1000 / 1e3 / 0.001 / 1e-3 factor elsewhere in the
 # framework is how "joints multiplied by 1000 twice" starts.
 MM_FACTORS = (1000, 0.001)
 MM_FACTOR_NAMES = {"M_TO_MM", "MM_PER_M"}  # the owners' named factors: using one elsewhere is a second conversion

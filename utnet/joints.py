@@ -1,6 +1,6 @@
-"""Joint orders, index maps and fingertip vertex ids (facts: REFERENCE.md section 1-2).
+"""Joint orders, index maps and fingertip vertex ids (facts: docs/joints.md, docs/mano.md).
 
-Canonical order (DESIGN.md), 21 joints: wrist; thumb 1-4; index 1-4; middle 1-4; ring 1-4; pinky 1-4.
+Canonical order (docs/joints.md), 21 joints: wrist; thumb 1-4; index 1-4; middle 1-4; ring 1-4; pinky 1-4.
 HO3D order: the 16 skinned MANO joints (wrist, index1-3, middle1-3, pinky1-3, ring1-3, thumb1-3)
 followed by the tips of thumb, index, middle, ring, pinky.
 """
@@ -36,7 +36,7 @@ CANONICAL_TO_HO3D = [HO3D_TO_CANONICAL.index(j) for j in range(NUM_JOINTS)]
 # The 16 MANO joints with the 5 tips appended (thumb, index, middle, ring, pinky) are in HO3D order.
 MANO16_TO_CANONICAL = HO3D_TO_CANONICAL
 
-# Fingertip vertex ids, order thumb, index, middle, ring, pinky (REFERENCE.md section 1).
+# Fingertip vertex ids, order thumb, index, middle, ring, pinky (docs/joints.md).
 TIP_VERTEX_IDS = {
     "ho3d": [744, 333, 444, 555, 672],
     "smplx": [744, 320, 443, 554, 671],

@@ -1,6 +1,6 @@
 """HO3D v2/v3 reader: split files, images, depth, meta pickles, and THE frame conversion.
 
-Layout and encodings follow the official toolkit (REFERENCE.md section 1). `list_frames` turns a
+Layout and encodings follow the official toolkit (docs/ho3d_format.md). `list_frames` turns a
 root into frame records; `read_images` decodes one frame's RGB and depth; `read_meta` loads its
 pickle; `convert_annotation` is the one place where OpenGL becomes OpenCV, metres become
 millimetres and HO3D joint order becomes canonical order.
@@ -21,7 +21,7 @@ from utnet.errors import UserError
 from utnet.geometry import OPENGL_TO_OPENCV, flip_opengl_opencv, rotate_mano_root
 from utnet.joints import HO3D_TO_CANONICAL, NUM_JOINTS
 
-# One unit of the 16-bit depth PNG, in metres (REFERENCE.md section 1).
+# One unit of the 16-bit depth PNG, in metres (docs/ho3d_format.md).
 DEPTH_UNIT_M = 0.00012498664727900177
 MM_PER_M = 1000.0  # HO3D annotations and depth are metres; the reader turns them into millimetres here only
 SPLIT_FILES = {"train": "train.txt", "evaluation": "evaluation.txt"}

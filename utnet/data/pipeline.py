@@ -1,4 +1,4 @@
-"""Crop, augment and normalise HO3D frames into samples of the batch contract (DESIGN.md).
+"""Crop, augment and normalise HO3D frames into samples of the batch contract (docs/batch_contract.md).
 
 Pixel conventions: full-image pixels follow OpenCV (integer = pixel centre, what camMat projects
 to); crop pixels are measured from the crop's left/top EDGE, so the crop spans [0, W] x [0, H] and
@@ -48,7 +48,7 @@ class Augmentation:
 
 
 def sample_augmentation(aug: AugmentConfig, generator: Optional[torch.Generator] = None) -> Augmentation:
-    """HaMeR's augmentation (REFERENCE.md section 4), drawn from torch's RNG (seeded per DataLoader worker)."""
+    """HaMeR's augmentation (docs/hamer_recipe.md), drawn from torch's RNG (seeded per DataLoader worker)."""
     n = torch.randn(4, generator=generator, dtype=torch.float64).numpy()
     u = torch.rand(4, generator=generator, dtype=torch.float64).numpy()
     scale = 1.0 + aug.scale * float(np.clip(n[0], -1.0, 1.0))

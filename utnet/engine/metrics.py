@@ -1,4 +1,4 @@
-"""Hand-mesh metrics by the official HO3D protocol (REFERENCE.md section 3), batched on the device.
+"""Hand-mesh metrics by the official HO3D protocol (docs/evaluation.md), batched on the device.
 
 Two steps, so that a distributed evaluator can gather between them:
 

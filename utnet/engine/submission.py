@@ -1,6 +1,6 @@
 """HO3D competition submission: the one place predictions go back to HO3D's frame, unit and order.
 
-The HO3D evaluation server (REFERENCE.md section 3) expects `pred.json` = [xyz_list, verts_list],
+The HO3D evaluation server (docs/evaluation.md) expects `pred.json` = [xyz_list, verts_list],
 N x 21 x 3 joints and N x 778 x 3 vertices in METRES, OpenGL camera frame (hand at negative z),
 HO3D joint order, one entry per line of evaluation.txt, uploaded as `pred.zip` holding pred.json.
 """

@@ -1,7 +1,7 @@
 """The MANO head: a transformer decoder whose single query token cross-attends to the ViT tokens.
 
 It regresses 16 rotations (6D, Gram-Schmidt), 10 betas and HaMeR's weak-perspective camera
-(s, tx, ty), each as an offset added to an initial value (REFERENCE.md section 4), optionally over
+(s, tx, ty), each as an offset added to an initial value (docs/hamer_recipe.md), optionally over
 several iterative-error-feedback steps (`ief_iters`).
 """
 from __future__ import annotations
