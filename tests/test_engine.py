@@ -212,6 +212,20 @@ def test_skipped_step_updates_the_fp16_grad_scaler():
     assert not all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
 
 
+def test_the_step_agreement_names_a_non_finite_loss_or_norm_and_the_signal():
+    """One process: the agreement is this rank's own view (two ranks: test_engine_multiprocess.py)."""
+    from types import SimpleNamespace
+
+    from utnet.engine.trainer import Agreed, agree
+
+    one = SimpleNamespace(num_processes=1, device=torch.device("cpu"))
+    finite, bad = torch.tensor(0.0), torch.tensor(1.0)
+    assert agree(one, finite, torch.tensor(2.0), 0) == Agreed(nonfinite=False, signal=0)
+    assert agree(one, finite, torch.tensor(float("inf")), 0) == Agreed(nonfinite=True, signal=0)
+    assert agree(one, bad, torch.tensor(2.0), signal.SIGTERM) == Agreed(nonfinite=True, signal=int(signal.SIGTERM))
+    assert agree(one, finite, None, signal.SIGHUP) == Agreed(nonfinite=False, signal=int(signal.SIGHUP))  # no norm
+
+
 def test_signal_sets_a_flag_instead_of_killing():
     from utnet.engine.signals import StopOnSignal
 

@@ -160,6 +160,7 @@ def _train_after_data(cfg: ExperimentConfig, accelerator, resume_from, say, stop
     debug_left = t.debug_batches
 
     def running() -> bool:
+        """Steps left to take, and no stop signal agreed on."""
         return state.step < t.max_steps and not agreed.signal
 
     model.train()
