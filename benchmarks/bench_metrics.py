@@ -11,9 +11,9 @@ and a prediction that is a perturbed similarity transform of it plus per-point n
 Prints one JSON object as its last line:
 {"batched_samples_per_s", "reference_samples_per_s", "speedup", "max_abs_diff_mm", ...,
  "batched_profile": {stage: share of the batched time}}. The profile comes from one extra batched run
-under cProfile: the cumulative time of each stage function of utnet.engine.metrics over the run's total
+under cProfile: the cumulative time of each stage function (utnet.engine.metrics, .nearest) over the run's total
 (stages nest: `_polar_factor` is inside `procrustes_align` (utnet.geometry); `_window_minima` (with `_sort_order`) and
-`_exact_nearest_sq` are inside `_f_score_hits`; everything but `summarize` is inside `per_sample_errors`).
+`_exact_nearest_sq` are inside `hits_within`; everything but `summarize` is inside `per_sample_errors`).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from utnet import geometry
-from utnet.engine import metrics
+from utnet.engine import metrics, nearest
 from utnet.engine.metrics import per_sample_errors, summarize
 
 MM_METRICS = ("mpjpe", "mpvpe", "pa_mpjpe", "pa_mpvpe")
@@ -160,19 +160,19 @@ def batched_metrics(pred_j, gt_j, pred_v, gt_v):
     return summarize(errors)
 
 
-PROFILED_STAGES = ("per_sample_errors", "procrustes_align", "_polar_factor", "_f_score_hits", "_window_minima",
+PROFILED_STAGES = ("per_sample_errors", "procrustes_align", "_polar_factor", "hits_within", "_window_minima",
                    "_sort_order", "_exact_nearest_sq", "summarize", "_auc_scores")
 
 
 def batched_profile(data) -> dict[str, float]:
-    """Share of one batched run's time spent in each stage function (utnet.engine.metrics, utnet.geometry)."""
+    """Share of one batched run's time spent in each stage function (utnet.engine.metrics and .nearest, utnet.geometry)."""
     profiler = cProfile.Profile()
     start = time.perf_counter()
     profiler.runcall(batched_metrics, *data)
     total = time.perf_counter() - start
     shares = {}
     for (filename, _, name), (_, _, _, cumulative, _) in pstats.Stats(profiler).stats.items():
-        if filename in (metrics.__file__, geometry.__file__) and name in PROFILED_STAGES:
+        if filename in (metrics.__file__, nearest.__file__, geometry.__file__) and name in PROFILED_STAGES:
             shares[name] = shares.get(name, 0.0) + cumulative / total
     return {name: round(shares.get(name, 0.0), 3) for name in PROFILED_STAGES}
 

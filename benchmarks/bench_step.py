@@ -36,7 +36,7 @@ def plain_loop(config: str | None, overrides: list[str]) -> dict:
     from utnet.config import load_config
     from utnet.data import build_dataset, ensure_dataset
     from utnet.engine.targets import add_mano_targets
-    from utnet.engine.trainer import build_optimizer
+    from utnet.engine.setup import build_optimizer
     from utnet.model import build_model
 
     cfg = load_config(config, overrides)

@@ -10,11 +10,11 @@ in a module that is either listed in the experiment's `loss_plugins` or named by
 of the group `utnet.losses`.
 """
 from losses.base import LossConfig, LossInputError, LossTerm, reduce_error
+from losses.loss_set import LossSet
 from losses.registry import (
     ENTRY_POINT_GROUP,
     LossConfigError,
     LossRegistrationError,
-    LossSet,
     broken_plugins,
     check_loss_config,
     plugin_origin,

@@ -77,6 +77,15 @@ def reduce_error(error: torch.Tensor, weight: torch.Tensor, reduction: str) -> t
     raise ValueError(f"unknown reduction {reduction!r} (sum, mean or batch_mean)")
 
 
+def centre_on_root(points, joints, root_index: int, label: str, unit: str = "mm"):
+    """points [B,N,D] minus joints[:, root_index] [B,D] (same unit and frame; 3D in mm, or 2D keypoints
+    in crop units); notes both for UTNET_DEBUG_LOSS."""
+    centred = points - joints[:, root_index : root_index + 1]
+    debug.note(f"{label} before centring ({unit})", points)
+    debug.note(f"{label} after centring ({unit})", centred)
+    return centred
+
+
 class LossTerm(torch.nn.Module):
     """One loss term. Subclasses set `Config` and implement `elementwise`; `forward` does the rest.
 

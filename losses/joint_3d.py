@@ -5,20 +5,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from losses import debug
-from losses.base import LossConfig, LossTerm
+from losses.base import LossConfig, LossTerm, centre_on_root
 from losses.registry import register_loss
 
 NUM_JOINTS = 21  # canonical hand joints; losses/ does not import utnet.joints
-
-
-def centre_on_root(points, joints, root_index: int, label: str, unit: str = "mm"):
-    """points [B,N,D] minus joints[:, root_index] [B,D] (same unit and frame; 3D in mm, or 2D keypoints
-    in crop units); notes both for UTNET_DEBUG_LOSS."""
-    centred = points - joints[:, root_index : root_index + 1]
-    debug.note(f"{label} before centring ({unit})", points)
-    debug.note(f"{label} after centring ({unit})", centred)
-    return centred
 
 
 @register_loss("joint_3d")

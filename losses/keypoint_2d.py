@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 from losses import debug
-from losses.base import LossTerm
-from losses.joint_3d import centre_on_root
+from losses.base import LossTerm, centre_on_root
 from losses.registry import register_loss
 
 

@@ -1,4 +1,4 @@
-"""Loss names -> plugin classes; validating a `loss:` config section; the `LossSet` built from it.
+"""Loss names -> plugin classes; validating a `loss:` config section (losses.loss_set builds from it).
 
 Terms come from three places: the built-in modules of this package, the entry-point group
 `utnet.losses` of installed distributions (loaded once, on first use), and the modules an
@@ -114,42 +114,19 @@ def check_loss_config(mapping: dict, plugin_modules: list[str]) -> list[tuple[st
 def resolve_loss_config(mapping: Mapping, plugin_modules: Iterable[str] = ()) -> dict[str, dict]:
     """The `loss:` section with every term's defaults filled in (and `type:` where given), JSON-ready:
     what a run should print and save. Raises LossConfigError listing every problem."""
-    specs, problems = _validate(mapping, list(plugin_modules))
-    if problems:
-        raise LossConfigError(problems)
+    specs = validated_terms(mapping, plugin_modules)
     return {name: {**({"type": mapping[name]["type"]} if "type" in mapping[name] else {}),
                    **config.model_dump(mode="json")} for name, (_, config) in specs.items()}
 
 
-class LossSet(torch.nn.Module):
-    """The configured terms, in the config's order. Calling it returns (total, logs).
-
-    `total`: 0-d tensor, the sum of every term's weighted value. `logs`: flat dict of detached
-    0-d tensors, `loss/<name>` (weighted) and `loss_raw/<name>` (reduced, unweighted) per term.
-    """
-
-    def __init__(self, terms: Mapping[str, LossTerm]):
-        super().__init__()
-        if not terms:
-            raise ValueError("a LossSet needs at least one term")
-        self.terms = torch.nn.ModuleDict(terms)
-
-    @classmethod
-    def from_config(cls, mapping: Mapping, plugin_modules: Iterable[str] = ()) -> "LossSet":
-        """Build from a `loss:` section (see check_loss_config); raises LossConfigError listing every problem."""
-        specs, problems = _validate(mapping, list(plugin_modules))
-        if problems:
-            raise LossConfigError(problems)
-        return cls({name: plugin(config, name=name) for name, (plugin, config) in specs.items()})
-
-    def forward(self, pred: Mapping, batch: Mapping) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        total, logs = None, {}
-        for name, term in self.terms.items():
-            value, raw, _ = term(pred, batch)
-            logs[f"loss/{name}"] = value.detach()
-            logs[f"loss_raw/{name}"] = raw.detach()
-            total = value if total is None else total + value
-        return total, logs
+def validated_terms(mapping: Mapping,
+                    plugin_modules: Iterable[str] = ()) -> dict[str, tuple[type[LossTerm], LossConfig]]:
+    """name -> (plugin class, validated config) of a `loss:` section, in its order (what `LossSet.from_config`
+    builds); raises LossConfigError listing every problem."""
+    specs, problems = _validate(mapping, list(plugin_modules))
+    if problems:
+        raise LossConfigError(problems)
+    return specs
 
 
 def _validate(mapping, plugin_modules) -> tuple[dict, list]:

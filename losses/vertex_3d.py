@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from losses.base import LossConfig, LossTerm
-from losses.joint_3d import NUM_JOINTS, centre_on_root
+from losses.base import LossConfig, LossTerm, centre_on_root
+from losses.joint_3d import NUM_JOINTS
 from losses.registry import register_loss
 
 

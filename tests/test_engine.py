@@ -94,7 +94,7 @@ def trained_run(tiny_data, tmp_path_factory):
 
 # ------------------------------------------------------------------------------------- in-process units
 def test_lr_schedule_warmup_then_cosine_and_constant():
-    from utnet.engine.trainer import lr_factor
+    from utnet.engine.setup import lr_factor
 
     assert [lr_factor(s, 4, 20, "cosine") for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert lr_factor(4, 4, 20, "cosine") == 1.0
@@ -106,7 +106,7 @@ def test_lr_schedule_warmup_then_cosine_and_constant():
 def test_scheduler_is_sized_for_the_number_of_processes():
     """A prepared scheduler steps num_processes times per optimizer step: the lr must not run ahead."""
     from utnet.config import load_config
-    from utnet.engine.trainer import build_optimizer
+    from utnet.engine.setup import build_optimizer
 
     cfg = load_config(None, ["train.max_steps=10", "optim.warmup_steps=4", "optim.lr=1.0",
                              "optim.lr_mult.head=2.0"])
@@ -132,7 +132,7 @@ def test_scheduler_is_sized_for_the_number_of_processes():
 
 
 def test_epoch_sampler_and_seeded_samples_are_deterministic():
-    from utnet.engine.trainer import EpochSampler, SeededSamples
+    from utnet.data.sampling import EpochSampler, SeededSamples
 
     sampler = EpochSampler(10, seed=3)
     first = list(sampler)
@@ -178,24 +178,31 @@ def test_resume_resolution_ignores_partial_checkpoints(tmp_path):
 
 def test_skipped_step_updates_the_fp16_grad_scaler():
     """Under fp16 accelerator.clip_grad_norm_ has unscaled the gradients before the step is judged; a
-    skipped step must still update() the GradScaler, or the next unscale_ raises and the scale never drops."""
+    skipped step must still update() the GradScaler, or the next unscale_ raises and the scale never drops.
+    The step boundary below is the training loop's, with a plain optimizer."""
     from types import SimpleNamespace
 
     from utnet.engine.checkpoint import TrainState
-    from utnet.engine.trainer import finish_step
+    from utnet.engine.trainer import skip_step
 
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 / (s + 1))
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
-    accelerator = SimpleNamespace(scaler=scaler)  # finish_step reads accelerator.scaler only
+    accelerator = SimpleNamespace(scaler=scaler)  # skip_step reads accelerator.scaler only
     state, before = TrainState(), [p.detach().clone() for p in model.parameters()]
     for poison in (float("nan"), float("inf"), 1.0):
         scaler.scale(model(torch.ones(2, 3)).sum() * poison).backward()
         scaler.unscale_(optimizer)  # what accelerator.clip_grad_norm_ does under fp16
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        finish_step(accelerator, optimizer, scheduler, state, nonfinite=not torch.isfinite(norm).item())
+        if not torch.isfinite(norm).item():
+            skip_step(accelerator, state)
+        else:
+            optimizer.step()
+            scheduler.step()
+            state.nonfinite_in_row = 0
+        optimizer.zero_grad(set_to_none=True)
         if poison != 1.0:
             assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
             assert all(p.grad is None for p in model.parameters())
@@ -203,6 +210,20 @@ def test_skipped_step_updates_the_fp16_grad_scaler():
     assert (state.nonfinite_total, state.nonfinite_in_row) == (2, 0)
     assert scheduler.last_epoch == 1  # only the finite step moved the schedule
     assert not all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+def test_the_step_agreement_names_a_non_finite_loss_or_norm_and_the_signal():
+    """One process: the agreement is this rank's own view (two ranks: test_engine_multiprocess.py)."""
+    from types import SimpleNamespace
+
+    from utnet.engine.trainer import Agreed, agree
+
+    one = SimpleNamespace(num_processes=1, device=torch.device("cpu"))
+    finite, bad = torch.tensor(0.0), torch.tensor(1.0)
+    assert agree(one, finite, torch.tensor(2.0), 0) == Agreed(nonfinite=False, signal=0)
+    assert agree(one, finite, torch.tensor(float("inf")), 0) == Agreed(nonfinite=True, signal=0)
+    assert agree(one, bad, torch.tensor(2.0), signal.SIGTERM) == Agreed(nonfinite=True, signal=int(signal.SIGTERM))
+    assert agree(one, finite, None, signal.SIGHUP) == Agreed(nonfinite=False, signal=int(signal.SIGHUP))  # no norm
 
 
 def test_signal_sets_a_flag_instead_of_killing():

@@ -50,12 +50,14 @@ def test_two_processes_train_and_evaluate_every_sample_once(tiny_data, tmp_path)
     m1 = json.loads((tmp_path / "eval1" / "metrics.json").read_text())
     assert m2["num_samples"] == m1["num_samples"] == VAL_SIZE
     assert (m2["num_processes"], m1["num_processes"]) == (2, 1)
+    # float32 forward passes of other batch shapes (2 ranks pad the last 3 samples to 4) and thread counts agree to
+    # a few 1e-6 relative (2e-6 seen on pa_mpjpe), not to 1e-5 mm; a lost or doubled sample moves them by ~10%
     for output in ("refined", "coarse"):
         for name, value in m1[output].items():
-            assert m2[output][name] == pytest.approx(value, abs=1e-5), (output, name)
+            assert m2[output][name] == pytest.approx(value, rel=1e-5, abs=1e-5), (output, name)
     # the final training eval used the same weights and the same code
     for name, value in metrics["refined"].items():
-        assert m1["refined"][name] == pytest.approx(value, abs=1e-5), name
+        assert m1["refined"][name] == pytest.approx(value, rel=1e-5, abs=1e-5), name
 
 
 def test_a_nan_loss_on_one_rank_skips_the_step_on_every_rank(tiny_data, tmp_path):  # noqa: F811

@@ -158,42 +158,62 @@ def test_joint_maps_are_inverse_permutations():
     assert all(p < c for c, p in enumerate(J.CANONICAL_PARENTS) if p >= 0)
 
 
-# docs/units.md: each unit conversion happens once. A new 1000 / 1e3 / 0.001 / 1e-3 factor elsewhere in the
-# framework is how "joints multiplied by 1000 twice" starts.
+# Each unit conversion happens once, with the one factor: losses.units.MM_PER_M (docs/units.md). A new 1000 / 1e3 / 0.001 /
+# 1e-3 factor elsewhere in the framework is how "joints multiplied by 1000 twice" starts.
 MM_FACTORS = (1000, 0.001)
-MM_FACTOR_NAMES = {"M_TO_MM", "MM_PER_M"}  # the owners' named factors: using one elsewhere is a second conversion
+MM_FACTOR_FILE = "losses/units.py"  # the only file that writes the factor out
+MM_FACTOR_NAMES = {"MM_PER_M"}  # the factor's name: scaling by it is a conversion, allowed in MM_CONVERSION_FILES
 SCALING_OPERATORS = {"*", "/", "*=", "/="}
-MM_FACTOR_FILES = {  # the one place of each conversion: the whole file may use the factors
-    "utnet/mano/layer.py",         # M_TO_MM: MANO output metres -> mm (mesh_mm)
-    "utnet/data/ho3d.py",          # MM_PER_M: HO3D annotations and depth -> mm (the reader)
-    "utnet/engine/submission.py",  # MM_PER_M: back to metres for an HO3D submission
-    "utnet/mano/standin.py",       # the stand-in is laid out in mm and stored in metres
+MM_CONVERSION_FILES = {  # the one place of each conversion
+    "utnet/mano/layer.py",         # MANO output metres -> mm (mesh_mm)
+    "utnet/data/ho3d.py",          # HO3D annotations and depth -> mm (the reader)
+    "utnet/engine/submission.py",  # back to metres for an HO3D submission
 }
-MM_FACTOR_LINES = {  # (file, stripped line): a factor of 1000 that is no unit conversion
+MM_FACTOR_LINES = {  # (file, stripped line): a factor of 1000 that is no unit conversion, or not yet the constant
     ("utnet/mano/pose_prior.py", "if np.linalg.norm(shift) < 1e-3 * scale:"),  # tolerance relative to the finger length
+    # the stand-in is laid out in mm and stored in metres; it gets MM_PER_M when standin.py becomes a package
+    ("utnet/mano/standin.py", "_MM = 1e-3  # the layout below is written in millimetres; the file stores metres like MANO"),
 }
 
 
-def mm_factor_lines(source: str) -> list[int]:
-    """Lines (1-based) of Python source with a numeric literal worth 1000 or 0.001 (1000, 1e3, 1_000.0,
-    0x3E8, 0.001, 1e-3, ...) or one of the owners' named factors (M_TO_MM, MM_PER_M) whose line or
-    statement also holds a * / *= /= operator."""
+def _says_mm(name: str) -> bool:
+    """A name with a part `mm` (M_TO_MM, _MM, scale_mm): assigned 1000 or 0.001, it is a second factor."""
+    return "mm" in name.lower().split("_")
+
+
+def mm_factor_lines(source: str) -> dict[str, list[int]]:
+    """Lines (1-based) of Python source with a metre/millimetre factor:
+    "literal": a numeric literal worth 1000 or 0.001 (1000, 1e3, 1_000.0, 0x3E8, 0.001, 1e-3, ...) whose line
+    or statement also holds a * / *= /= operator, or that is assigned to a name that says mm (`_says_mm`);
+    "named": the factor's name (MM_PER_M) on a line or statement with such an operator."""
     import ast
     import io
     import tokenize
 
-    numbers, operator_lines, operator_statements = [], set(), set()
+    numbers, names, operator_lines, operator_statements = [], [], set(), set()
     statement = 0
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.NEWLINE:
             statement += 1
-        elif (tok.type == tokenize.NUMBER and ast.literal_eval(tok.string) in MM_FACTORS
-              or tok.type == tokenize.NAME and tok.string in MM_FACTOR_NAMES):
+        elif tok.type == tokenize.NUMBER and ast.literal_eval(tok.string) in MM_FACTORS:
             numbers.append((tok.start[0], statement))
+        elif tok.type == tokenize.NAME and tok.string in MM_FACTOR_NAMES:
+            names.append((tok.start[0], statement))
         elif tok.type == tokenize.OP and tok.string in SCALING_OPERATORS:
             operator_lines.add(tok.start[0])
             operator_statements.add(statement)
-    return sorted({line for line, stmt in numbers if line in operator_lines or stmt in operator_statements})
+
+    def scaling(found):
+        return {line for line, stmt in found if line in operator_lines or stmt in operator_statements}
+
+    assigned = set()
+    for node in ast.walk(ast.parse(source)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        value = getattr(node, "value", None)
+        if (isinstance(value, ast.Constant) and type(value.value) in (int, float) and value.value in MM_FACTORS
+                and any(isinstance(t, ast.Name) and _says_mm(t.id) for t in targets)):
+            assigned.add(node.lineno)
+    return {"literal": sorted(scaling(numbers) | assigned), "named": sorted(scaling(names))}
 
 
 def mm_factor_offenders(root) -> list[str]:
@@ -204,11 +224,12 @@ def mm_factor_offenders(root) -> list[str]:
     offenders = []
     for path in sorted(list((root / "utnet").rglob("*.py")) + list((root / "losses").rglob("*.py"))):
         rel = path.relative_to(root).as_posix()
-        if rel in MM_FACTOR_FILES:
-            continue
         source = path.read_text()
         lines = source.splitlines()
-        offenders += [f"{rel}:{n}" for n in mm_factor_lines(source) if (rel, lines[n - 1].strip()) not in MM_FACTOR_LINES]
+        found = mm_factor_lines(source)
+        flagged = ([] if rel == MM_FACTOR_FILE else found["literal"]) + \
+                  ([] if rel in MM_CONVERSION_FILES else found["named"])
+        offenders += [f"{rel}:{n}" for n in sorted(set(flagged)) if (rel, lines[n - 1].strip()) not in MM_FACTOR_LINES]
     return offenders
 
 
@@ -217,31 +238,45 @@ def test_metre_millimetre_factors_live_only_in_their_one_place():
     from pathlib import Path
 
     offenders = mm_factor_offenders(Path(__file__).resolve().parent.parent)
-    assert not offenders, f"metre/millimetre factor outside its one place: {offenders}"
+    assert not offenders, f"metre/millimetre factor outside losses/units.py or a conversion outside its place: {offenders}"
+
+
+def test_the_one_factor_is_a_thousand():
+    from losses.units import MM_PER_M
+
+    assert MM_PER_M == 1000.0
 
 
 def test_mm_factor_guard_catches_factors_beside_the_operator_or_not():
     caught = ["x = y * np.float32(1000.0)", "z = torch.tensor(1e3) * z", "m = mm * 0.001", "m = 1E-3 * mm",
               "x /= 1_000", "x = (y\n     * 1000)", "x = y * \\\n    1e3", "out = f(x * s, scale=1000.)", "x = y / 0x3E8",
-              "joints_mm = joints * M_TO_MM", "m = mm / ho3d.MM_PER_M"]
+              "M_TO_MM = 1000.0", "_MM = 1e-3", "scale_mm: float = 1e3", "MM_PER_M = 1000"]
     for code in caught:
-        assert mm_factor_lines(code + "\n"), code
-    assert mm_factor_lines("a = 1\nx = (y *\n     1000.0)\n") == [3]
+        assert mm_factor_lines(code + "\n")["literal"], code
+    assert mm_factor_lines("a = 1\nx = (y *\n     1000.0)\n")["literal"] == [3]
+    for code in ["joints_mm = joints * MM_PER_M", "m = mm / units.MM_PER_M", "x = (y /\n     MM_PER_M)"]:
+        assert mm_factor_lines(code + "\n") == {"literal": [], "named": [code.count("\n") + 1]}, code
     missed = ["n = 1000", "eps = 1e-3", "x = y * 2", "x = y  # * 1000", "s = 'x * 1000'", "x = y ** 1000",
-              "x = y + 0.001", "a = b * c\nn = 1000", "from utnet.mano import M_TO_MM"]
+              "x = y + 0.001", "a = b * c\nn = 1000", "from losses.units import MM_PER_M", "DEPTH_MIN_VALID = 1e-3",
+              "mm = 1000 + x", "limit_mm = 1500.0"]
     for code in missed:
-        assert not mm_factor_lines(code + "\n"), code
+        assert mm_factor_lines(code + "\n") == {"literal": [], "named": []}, code
 
 
 def test_mm_factor_guard_names_the_file_and_honours_the_allowed_places(tmp_path):
     for rel, text in [("utnet/data/new.py", "x = 2\njoints_mm = joints * np.float32(1000.0)\n"),
-                      ("utnet/mano/layer.py", "verts_mm = verts * 1000.0\n"),
+                      ("utnet/mano/layer.py", "verts_mm = verts * 1000.0\njoints_mm = joints * MM_PER_M\n"),
                       ("utnet/mano/pose_prior.py", "if True:\n    if np.linalg.norm(shift) < 1e-3 * scale:\n"
                                                    "        pass\nshift_mm = shift * 1e3\n"),
-                      ("losses/term.py", "loss = loss / 1000\n")]:
+                      ("utnet/model/head.py", "from losses.units import MM_PER_M\nout_m = out / MM_PER_M\n"),
+                      ("losses/term.py", "loss = loss / 1000\n"),
+                      ("losses/units.py", "MM_PER_M = 1000.0\n"),
+                      ("losses/other.py", "M_TO_MM = 1000.0\n")]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
-    assert mm_factor_offenders(tmp_path) == ["losses/term.py:1", "utnet/data/new.py:2", "utnet/mano/pose_prior.py:4"]
+    assert mm_factor_offenders(tmp_path) == ["losses/other.py:1", "losses/term.py:1", "utnet/data/new.py:2",
+                                             "utnet/mano/layer.py:1", "utnet/mano/pose_prior.py:4",
+                                             "utnet/model/head.py:2"]
 
 
 def test_procrustes_leading_dimensions_and_a_non_finite_sample():

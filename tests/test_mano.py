@@ -15,10 +15,11 @@ import scipy.sparse
 import smplx
 import torch
 
+from losses.units import MM_PER_M
 from utnet.errors import UserError
 from utnet.geometry import axis_angle_to_matrix
 from utnet.joints import CANONICAL_NAMES, MANO16_TO_CANONICAL, TIP_VERTEX_IDS
-from utnet.mano import M_TO_MM, ManoLayer, load_mano_model, named_hand_pose, sample_natural_hand_pose
+from utnet.mano import ManoLayer, load_mano_model, named_hand_pose, sample_natural_hand_pose
 from utnet.mano.pose_prior import JOINT_LIMITS, axis_angle_to_local, clip_to_joint_limits
 from utnet.mano.standin import standin_bytes, standin_path
 
@@ -102,7 +103,7 @@ def test_mm_conversion_root_joint_and_regressed_joints(layer):
     root, hand, betas, transl = _random_batch(layer, 4, seed=2)
     out = layer(root, hand, betas, transl)
     verts_mm, joints_mm = layer.mesh_mm(root, hand, betas, transl)
-    assert torch.allclose(verts_mm, out.vertices * M_TO_MM) and torch.allclose(joints_mm, out.joints * M_TO_MM)
+    assert torch.allclose(verts_mm, out.vertices * MM_PER_M) and torch.allclose(joints_mm, out.joints * MM_PER_M)
     # J_regressor + tips on posed vertices give the skinned joints back (stand-in: exactly)
     assert torch.allclose(layer.joints_from_vertices(out.vertices), out.joints, atol=1e-6, rtol=0)
     rest = layer(torch.zeros(4, 3), torch.zeros(4, 45), betas)

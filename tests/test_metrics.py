@@ -11,6 +11,7 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from utnet.engine import metrics as M
+from utnet.engine import nearest as N
 from utnet.engine import submission as S
 from utnet.engine import visualize as V
 from utnet.geometry import flip_opengl_opencv, procrustes_align
@@ -209,7 +210,7 @@ def _brute_force_hits(pred, gt, thresholds=M.F_THRESHOLDS_MM):
 
 def _fast_hits(pred, gt):
     pred, gt = _t(pred, gt)
-    return M._f_score_hits(pred, gt, M._squared_norm(pred - gt)).numpy()
+    return N.hits_within(pred, gt, N.squared_norm(pred - gt), M.F_THRESHOLDS_MM).numpy()
 
 
 def _near_threshold_pairs(n, num_verts, seed):
@@ -232,7 +233,7 @@ def _near_threshold_pairs(n, num_verts, seed):
 @pytest.mark.parametrize("num_verts, block", [(7, None), (150, None), (778, None), (150, 1)])
 def test_fast_f_score_search_equals_brute_force_at_and_near_the_thresholds(num_verts, block, monkeypatch):
     if block is not None:  # one vertex per block: every window edge is tested
-        monkeypatch.setattr(M, "_BLOCK", block)
+        monkeypatch.setattr(N, "_BLOCK", block)
     pred, gt = _near_threshold_pairs(3, num_verts, seed=num_verts)
     d = pred[:, :, None] - gt[:, None]
     nearest = (d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1] + d[..., 2] * d[..., 2]).min(axis=2)

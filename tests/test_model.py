@@ -473,7 +473,7 @@ def test_tiny_model_overfits_one_batch_of_four_synthetic_samples(tmp_path):
     from torch.utils.data import default_collate
 
     from utnet.data import build_dataset, write_synthetic
-    from utnet.engine.trainer import build_optimizer
+    from utnet.engine.setup import build_optimizer
 
     write_synthetic(tmp_path / "syn", sequences=2, frames=2, seed=0)
     cfg = _config(f"data.root={tmp_path / 'syn'}", "data.val_sequences=[]", "data.augment.enabled=false",

@@ -15,6 +15,8 @@ from utnet.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = REPO_ROOT / "configs" / "synthetic.yaml"
+if not DEFAULT_CONFIG_PATH.is_file():  # an installed (non-editable) utnet: the copy setup.py ships in the package
+    DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "configs" / "synthetic.yaml"
 
 
 class _Section(BaseModel):

@@ -7,7 +7,6 @@ followed by the tips of thumb, index, middle, ring, pinky.
 from __future__ import annotations
 
 NUM_JOINTS = 21
-NUM_MANO_JOINTS = 16
 NUM_VERTS = 778
 ROOT_INDEX = 0  # the wrist, in every order used here
 

@@ -41,7 +41,40 @@ def run(args) -> int:
     split = args.split or cfg.eval.split
     checkpoint = Path(args.checkpoint)
     out = Path(args.output_dir) if args.output_dir else checkpoint.with_name(f"{checkpoint.name}-eval-{split}")
-    from utnet.engine.evaluator import evaluate_checkpoint
-
     evaluate_checkpoint(cfg, checkpoint, split, out)
     return 0
+
+
+def evaluate_checkpoint(cfg, checkpoint: str | Path, split: str, out_dir: str | Path, log=print) -> dict:
+    """Load a checkpoint's weights, score `split` (utnet.engine.evaluator.evaluate), write the outputs to
+    out_dir and print the metrics table; returns evaluate's metrics."""
+    import numpy as np
+
+    from utnet.data import build_dataset, ensure_dataset
+    from utnet.engine.checkpoint import load_model_weights
+    from utnet.engine.evaluator import evaluate
+    from utnet.engine.setup import eval_subset, make_accelerator, make_eval_loader
+    from utnet.model import build_model
+
+    out_dir = Path(out_dir)
+    accelerator = make_accelerator(cfg, out_dir)
+    say = log if accelerator.is_main_process else (lambda *a, **k: None)
+    with accelerator.main_process_first():
+        ensure_dataset(cfg, say)
+    dataset = eval_subset(build_dataset(cfg, split), cfg.eval.max_samples, say)
+    model = build_model(cfg)
+    load_model_weights(model, checkpoint)
+    model, loader = accelerator.prepare(model, make_eval_loader(cfg, dataset))
+    result = evaluate(accelerator, model, loader, split, len(dataset), out_dir=out_dir,
+                      grid_samples=cfg.eval.grid_samples, write_submission=(split == "evaluation"), log=say)
+    r, c = result["refined"], result["coarse"]
+    if split == "evaluation" and not np.isfinite(r["pa_mpjpe"]):
+        say("no released evaluation ground truth (evaluation_xyz.json / evaluation_verts.json) in data.root: "
+            "submit pred.zip to the HO3D challenge for scores")
+    say("metric        refined     coarse   (mm; f and auc in [0,1])")
+    for name in r:
+        if name != "num_samples":
+            say(f"{name:<12}{r[name]:>10.4f}{c[name]:>11.4f}")
+    say(f"wrote {out_dir / 'metrics.json'}")
+    accelerator.end_training()
+    return result

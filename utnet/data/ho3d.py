@@ -17,13 +17,13 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 
+from losses.units import MM_PER_M
 from utnet.errors import UserError
 from utnet.geometry import OPENGL_TO_OPENCV, flip_opengl_opencv, rotate_mano_root
 from utnet.joints import HO3D_TO_CANONICAL, NUM_JOINTS
 
 # One unit of the 16-bit depth PNG, in metres (docs/ho3d_format.md).
 DEPTH_UNIT_M = 0.00012498664727900177
-MM_PER_M = 1000.0  # HO3D annotations and depth are metres; the reader turns them into millimetres here only
 SPLIT_FILES = {"train": "train.txt", "evaluation": "evaluation.txt"}
 LAYOUT_HINT = ("expected HO3D layout: train.txt, evaluation.txt, train/<SEQ>/{rgb,depth,meta}/NNNN.{png|jpg,png,pkl}, "
                "evaluation/<SEQ>/...")

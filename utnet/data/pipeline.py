@@ -60,7 +60,7 @@ def sample_augmentation(aug: AugmentConfig, generator: Optional[torch.Generator]
     return Augmentation(scale, float(rotation), shift, color)
 
 
-def fit_box(center_xy: np.ndarray, side_px: float, image_size: tuple[int, int]) -> tuple[float, float]:
+def fit_box(side_px: float, image_size: tuple[int, int]) -> tuple[float, float]:
     """Box (width, height) in full-image pixels with the crop's aspect ratio whose shorter side is side_px."""
     H, W = image_size
     if W <= H:
@@ -159,7 +159,7 @@ def make_sample(bgr: np.ndarray, depth_encoded: np.ndarray, ann: ho3d.Annotation
     center = 0.5 * (box[:2] + box[2:])
     side = bbox_expand * max(box[2] - box[0], box[3] - box[1], 1.0)
     aug = aug or Augmentation()
-    box_wh = np.array(fit_box(center, side * aug.scale, image_size))
+    box_wh = np.array(fit_box(side * aug.scale, image_size))
     center = center + np.asarray(aug.shift) * box_wh
     M = crop_transform(center, box_wh, aug.rotation, image_size)
 

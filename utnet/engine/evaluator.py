@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from utnet.engine import metrics as M
@@ -120,36 +119,3 @@ def _write_submission(out_dir: Path, gathered: dict, log) -> None:
                                   gathered["root_cam_mm"][order])
     log(f"HO3D submission written: {paths}")
 
-
-def evaluate_checkpoint(cfg, checkpoint: str | Path, split: str, out_dir: str | Path, log=print) -> dict:
-    """`utnet eval`: load a checkpoint's weights, score `split`, write the outputs to out_dir."""
-    from torch.utils.data import DataLoader
-
-    from utnet.data import build_dataset, ensure_dataset
-    from utnet.engine.checkpoint import load_model_weights
-    from utnet.engine.trainer import eval_subset, make_accelerator
-    from utnet.model import build_model
-
-    out_dir = Path(out_dir)
-    accelerator = make_accelerator(cfg, out_dir)
-    say = log if accelerator.is_main_process else (lambda *a, **k: None)
-    with accelerator.main_process_first():
-        ensure_dataset(cfg, say)
-    dataset = eval_subset(build_dataset(cfg, split), cfg.eval.max_samples, say)
-    model = build_model(cfg)
-    load_model_weights(model, checkpoint)
-    loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
-    model, loader = accelerator.prepare(model, loader)
-    result = evaluate(accelerator, model, loader, split, len(dataset), out_dir=out_dir,
-                      grid_samples=cfg.eval.grid_samples, write_submission=(split == "evaluation"), log=say)
-    r, c = result["refined"], result["coarse"]
-    if split == "evaluation" and not np.isfinite(r["pa_mpjpe"]):
-        say("no released evaluation ground truth (evaluation_xyz.json / evaluation_verts.json) in data.root: "
-            "submit pred.zip to the HO3D challenge for scores")
-    say("metric        refined     coarse   (mm; f and auc in [0,1])")
-    for name in r:
-        if name != "num_samples":
-            say(f"{name:<12}{r[name]:>10.4f}{c[name]:>11.4f}")
-    say(f"wrote {out_dir / 'metrics.json'}")
-    accelerator.end_training()
-    return result

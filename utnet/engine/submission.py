@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from losses.units import MM_PER_M
 from utnet.geometry import flip_opengl_opencv
 from utnet.joints import CANONICAL_TO_HO3D, NUM_JOINTS, ROOT_INDEX
 
-MM_PER_M = 1000.0
 # 1e-6 m = 1 micrometre: far below any reported error, and it keeps pred.json small.
 DECIMALS_M = 6
 

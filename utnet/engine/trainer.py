@@ -1,127 +1,62 @@
 """`train(cfg)`: the whole training run in one function, top to bottom.
 
 build (data, model, loss, optimizer, schedule) -> accelerator.prepare -> resume -> evaluate the untrained
-model -> loop: accumulate, backward, clip when gradients sync, agree on non-finite steps and signals,
-step, log, evaluate, checkpoint -> final metrics beside the untrained ones.
+model -> loop: accumulate, backward; at each optimizer step boundary clip, agree on non-finite steps and
+signals, step, log, evaluate, checkpoint -> final metrics beside the untrained ones.
 
 Every distributed decision is a visible accelerator call. Exact resume rests on three things: the
 accelerate checkpoint (weights, optimizer, scheduler, every rank's RNG states), the registered
 TrainState (step, epoch, batches consumed in the epoch) with skip_first_batches, and a data order and
-augmentation that depend only on (seed, epoch, sample): see EpochSampler and SeededSamples.
+augmentation that depend only on (seed, epoch, sample): see utnet.data.sampling.
 """
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from utnet.config import ExperimentConfig, config_to_yaml
+from utnet.data.sampling import epoch_seed
 from utnet.engine import checkpoint as ckpt
 from utnet.engine.evaluator import evaluate
-from utnet.engine.signals import StopOnSignal, agree_max, ignore_in_worker
+from utnet.engine.setup import build_optimizer, eval_subset, make_accelerator, make_eval_loader, make_train_loader
+from utnet.engine.signals import StopOnSignal, agree_max
 from utnet.engine.targets import add_mano_targets
 from utnet.engine.tracking import (Progress, comparison_table, data_statistics, log_image, log_scalars,
                                    metric_scalars, start_tracking, summary_line)
+from utnet.engine.visualize import training_panel
 from utnet.errors import UserError
 
-_MIX = 1_000_003
+
+class Agreed(NamedTuple):
+    """What every rank agrees on at an optimizer step boundary (the maximum over the ranks)."""
+
+    nonfinite: bool  # some rank's loss or gradient norm is NaN/inf: every rank skips the step
+    signal: int  # a stop signal some rank received (0: none): every rank saves this step and stops
 
 
-class EpochSampler(Sampler):
-    """A permutation of range(n) that depends only on (seed, epoch); yields (epoch, index) pairs.
+def agree(accelerator, loss_nonfinite: torch.Tensor, grad_norm, signum: int) -> Agreed:
+    """One small collective: non-finite loss (0/1 tensor) or gradient norm on any rank, and any rank's signal."""
+    norm_nonfinite = (~torch.isfinite(grad_norm.detach())).float() if torch.is_tensor(grad_norm) else 0.0
+    nonfinite = torch.maximum(loss_nonfinite, torch.as_tensor(norm_nonfinite, device=loss_nonfinite.device))
+    nonfinite, signal = agree_max(accelerator, [nonfinite, signum])
+    return Agreed(nonfinite=bool(nonfinite), signal=int(signal))
 
-    Every rank draws the same permutation (accelerate shards its batches), and a resumed run draws the
-    same one again. The epoch travels with the index so that SeededSamples can seed the augmentation.
+
+def skip_step(accelerator, state: ckpt.TrainState) -> None:
+    """Count a skipped non-finite step; the weights, the optimizer state and the schedule stay untouched.
+
+    Under fp16, accelerator.clip_grad_norm_ has already called the GradScaler's unscale_; the scaler's
+    update() normally runs inside optimizer.step(), so a skipped step calls it here: without it the next
+    unscale_ raises and the loss scale would never drop.
     """
-
-    def __init__(self, num_samples: int, seed: int):
-        self.num_samples, self.seed, self.epoch = num_samples, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * _MIX + self.epoch)
-        epoch = self.epoch
-        return iter([(epoch, i) for i in torch.randperm(self.num_samples, generator=generator).tolist()])
-
-
-class SeededSamples(Dataset):
-    """dataset[(epoch, index)] with torch's RNG seeded from (seed, epoch, index) while the sample is made.
-
-    The data pipeline draws its augmentation from torch's RNG; seeding it per sample makes the
-    augmentation independent of worker count, process count and of skipped batches (exact resume).
-    """
-
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed = dataset, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        epoch, index = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(((self.seed * _MIX + epoch) * _MIX + index) % (2**63 - 1))
-            return self.dataset[index]
-
-
-def lr_factor(step: int, warmup_steps: int, max_steps: int, schedule: str) -> float:
-    """LR multiplier at optimizer step `step`: linear warmup, then constant or cosine to 0 at max_steps."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def build_optimizer(cfg: ExperimentConfig, model, num_processes: int):
-    """AdamW over model.param_groups() with lr * optim.lr_mult[group], and its LambdaLR schedule.
-
-    A prepared scheduler steps num_processes times per optimizer step (split_batches off), so the
-    schedule is written over optimizer steps = scheduler steps // num_processes.
-    """
-    o = cfg.optim
-    groups = [{"params": params, "lr": o.lr * getattr(o.lr_mult, name), "name": name}
-              for name, params in model.param_groups().items() if params]
-    optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s // num_processes, o.warmup_steps, cfg.train.max_steps, o.schedule))
-    return optimizer, schedule
-
-
-def eval_subset(dataset: Dataset, max_samples: int | None, log) -> Dataset:
-    """The first eval.max_samples samples of a split, said out loud (never a silent truncation)."""
-    if max_samples is None or max_samples >= len(dataset):
-        return dataset
-    log(f"eval.max_samples: scoring the first {max_samples} of {len(dataset)} {dataset.split} samples")
-    return Subset(dataset, range(max_samples))
-
-
-def make_accelerator(cfg: ExperimentConfig, output_dir: Path, log_with=None):
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, parse_choice_from_env
-
-    # An accelerate launch config that asks for mixed precision (launch/4gpu.yaml: bf16) wins over
-    # train.mixed_precision "no"; config.yaml then records what was used.
-    precision = cfg.train.mixed_precision
-    launcher = parse_choice_from_env("ACCELERATE_MIXED_PRECISION", "no")
-    if precision == "no" and launcher != "no":
-        cfg.train.mixed_precision = precision = launcher
-    return Accelerator(
-        mixed_precision=precision,
-        gradient_accumulation_steps=cfg.train.grad_accum,
-        log_with=log_with,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir),
-                                            automatic_checkpoint_naming=False),
-    )
+    state.nonfinite_in_row += 1
+    state.nonfinite_total += 1
+    if accelerator.scaler is not None:
+        accelerator.scaler.update()
 
 
 def write_run_state(output_dir: Path, status: str, **fields) -> None:
@@ -135,26 +70,6 @@ def metric_value(metrics: dict, dotted: str) -> float:
     """metrics["refined"]["pa_mpjpe"] for "refined/pa_mpjpe" (a train.best_metric, validated by the config)."""
     output, name = dotted.split("/", 1)
     return float(metrics[output][name])
-
-
-def finish_step(accelerator, optimizer, scheduler, state: ckpt.TrainState, nonfinite: bool) -> None:
-    """The optimizer step boundary, after accelerator.clip_grad_norm_: step, or skip a non-finite step.
-
-    Every rank passes the same `nonfinite` (agreed with agree_max). A skipped step leaves the weights,
-    the optimizer state and the schedule untouched. Under fp16, clip_grad_norm_ has already called the
-    GradScaler's unscale_; the scaler's update() normally runs inside optimizer.step(), so a skipped
-    step calls it here: without it the next unscale_ raises and the loss scale would never drop.
-    """
-    if nonfinite:
-        state.nonfinite_in_row += 1
-        state.nonfinite_total += 1
-        if accelerator.scaler is not None:
-            accelerator.scaler.update()
-    else:
-        optimizer.step()
-        scheduler.step()
-        state.nonfinite_in_row = 0
-    optimizer.zero_grad(set_to_none=True)
 
 
 def train(cfg: ExperimentConfig, resume: str = "auto", log=print) -> dict:
@@ -198,19 +113,8 @@ def _train_after_data(cfg: ExperimentConfig, accelerator, resume_from, say, stop
     model = build_model(cfg)
     loss_set = losses.LossSet.from_config(cfg.loss, cfg.loss_plugins).to(accelerator.device)
     optimizer, scheduler = build_optimizer(cfg, model, accelerator.num_processes)
-    sampler = EpochSampler(len(train_set), cfg.seed)
-    # Every iterator of a DataLoader draws its worker base seed from `generator`, or from the global torch RNG
-    # when it has none. A private generator, reseeded each epoch, keeps that draw off the global RNG (the
-    # model's stream, restored from a checkpoint mid-epoch) so resumed and uninterrupted runs agree.
-    worker_seeds = torch.Generator()
-    train_loader = DataLoader(SeededSamples(train_set, cfg.seed), batch_size=cfg.data.batch_size, sampler=sampler,
-                              num_workers=cfg.data.num_workers, drop_last=True, generator=worker_seeds,
-                              worker_init_fn=ignore_in_worker)
-    val_loader = DataLoader(val_set, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.num_workers,
-                            worker_init_fn=ignore_in_worker)
-    if len(train_loader) // accelerator.num_processes == 0:
-        raise UserError(f"data.batch_size: {cfg.data.batch_size} x {accelerator.num_processes} processes is larger "
-                        f"than the train split ({len(train_set)} samples)")
+    train_loader, worker_seeds = make_train_loader(cfg, train_set, accelerator.num_processes)
+    val_loader = make_eval_loader(cfg, val_set)
 
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler)
@@ -218,7 +122,6 @@ def _train_after_data(cfg: ExperimentConfig, accelerator, resume_from, say, stop
     accelerator.register_for_checkpointing(state)
     net = accelerator.unwrap_model(model)
     mano = net.mano
-    group_names = [g["name"] for g in optimizer.param_groups]
 
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -252,98 +155,83 @@ def _train_after_data(cfg: ExperimentConfig, accelerator, resume_from, say, stop
     # ---------------------------------------------------------------- the loop
     clip = cfg.optim.clip_grad_norm if cfg.optim.clip_grad_norm > 0 else math.inf
     progress = Progress(t.max_steps, state.step, main)
-    last_metrics, stopped_on = None, 0
+    last_metrics = None
+    agreed = Agreed(nonfinite=False, signal=0)
     debug_left = t.debug_batches
+
+    def running() -> bool:
+        """Steps left to take, and no stop signal agreed on."""
+        return state.step < t.max_steps and not agreed.signal
+
     model.train()
-    while state.step < t.max_steps and not stopped_on:
-        train_loader.set_epoch(state.epoch)  # reaches `sampler` through the prepared loader
-        worker_seeds.manual_seed(cfg.seed * _MIX + state.epoch)
+    while running():
+        # one epoch, or the rest of it when resuming mid-epoch
+        train_loader.set_epoch(state.epoch)  # reaches the EpochSampler through the prepared loader
+        worker_seeds.manual_seed(epoch_seed(cfg.seed, state.epoch))
         batches = skip_first_batches(train_loader, state.batch_in_epoch) if state.batch_in_epoch else train_loader
-        bad_loss = torch.zeros((), device=accelerator.device)
+        loss_nonfinite = torch.zeros((), device=accelerator.device)  # 0/1 over the accumulated micro-batches
         for batch in batches:
             with accelerator.accumulate(model):
                 add_mano_targets(batch, mano)
                 pred = model(batch)
                 total, terms = loss_set(pred, batch)
-                bad_loss = torch.maximum(bad_loss, (~torch.isfinite(total.detach())).float())
                 accelerator.backward(total)
-                state.batch_in_epoch += 1
-                if debug_left > 0:
-                    debug_left -= 1
-                    say(data_statistics(t.debug_batches - debug_left, batch, pred))
-                if not accelerator.sync_gradients:
-                    continue
+            state.batch_in_epoch += 1
+            # kept on the device: reading it here would wait for every micro-batch's backward
+            loss_nonfinite = torch.maximum(loss_nonfinite, (~torch.isfinite(total.detach())).float())
+            if debug_left > 0:
+                debug_left -= 1
+                say(data_statistics(t.debug_batches - debug_left, batch, pred))
 
-                # ---- optimizer step boundary: every rank reaches it together
+            if accelerator.sync_gradients:
+                # ---- the optimizer step boundary: every rank reaches it together
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)
-                bad_norm = (~torch.isfinite(grad_norm.detach())).float() if torch.is_tensor(grad_norm) else 0.0
-                nonfinite, stopped_on = agree_max(accelerator, [torch.maximum(bad_loss, torch.as_tensor(
-                    bad_norm, device=bad_loss.device)), stop.signum])
-                stopped_on = int(stopped_on)
-                finish_step(accelerator, optimizer, scheduler, state, bool(nonfinite))
-                bad_loss = torch.zeros((), device=accelerator.device)
+                agreed = agree(accelerator, loss_nonfinite, grad_norm, stop.signum)
+                if agreed.nonfinite:
+                    skip_step(accelerator, state)
+                else:
+                    optimizer.step()
+                    scheduler.step()
+                    state.nonfinite_in_row = 0
+                optimizer.zero_grad(set_to_none=True)
+                loss_nonfinite = torch.zeros((), device=accelerator.device)
                 state.step += 1
 
-            if state.nonfinite_in_row >= t.max_nonfinite_steps:
-                good = ckpt.list_checkpoints(out)
-                if main:
-                    write_run_state(out, "failed", step=state.step)
-                raise UserError(
-                    f"train.max_nonfinite_steps: {state.nonfinite_in_row} non-finite steps in a row at step "
-                    f"{state.step} (loss or gradient norm NaN/inf); weights not updated by them; last good "
-                    f"checkpoint: {good[-1] if good else 'none'}", exit_code=1)
-            if nonfinite:
-                say(f"step {state.step}: non-finite loss or gradient norm on some rank: step skipped "
-                    f"({state.nonfinite_in_row} in a row, {state.nonfinite_total} in total)")
-
-            logging_now = state.step % t.log_every == 0 or state.step == t.max_steps
-            if logging_now:
-                scalars = {**terms, "loss/total": total.detach(), "grad_norm": torch.as_tensor(grad_norm).float()}
-                scalars = dict(zip(scalars, accelerator.reduce(
-                    torch.stack([v.float().reshape(()) for v in scalars.values()]), reduction="mean").tolist()))
-                scalars.update({f"lr/{n}": g["lr"] for n, g in zip(group_names, optimizer.param_groups)})
-                scalars["nonfinite_steps"] = state.nonfinite_total
-                log_scalars(accelerator, scalars, step=state.step)
-                progress.update(state.step, scalars["loss/total"], optimizer.param_groups[0]["lr"])
-            else:
-                progress.update(state.step)
-
-            if t.image_every and state.step % t.image_every == 0 and main:
-                log_image(accelerator, "images/train", training_panel(batch, pred, net), state.step)
-
-            if (t.eval_every and state.step % t.eval_every == 0) or state.step == t.max_steps:
-                last_metrics = evaluate(accelerator, model, val_loader, "val", len(val_set), out_dir=out,
-                                        grid_samples=cfg.eval.grid_samples, log=progress.write)
-                log_scalars(accelerator, metric_scalars(last_metrics, "val"), step=state.step)
-                progress.write(summary_line(state.step, "val", last_metrics))
-                model.train()
-                value = metric_value(last_metrics, t.best_metric)
-                if value < state.best_metric:
-                    state.best_metric = value
-                    ckpt.save_checkpoint(accelerator, out / "best", state, cfg.data.batch_size,
-                                         extra={t.best_metric: value})
-                    if main:
-                        (out / "best" / "metrics.json").write_text((out / "metrics.json").read_text())
-
-            if (t.checkpoint_every and state.step % t.checkpoint_every == 0) or state.step == t.max_steps \
-                    or stopped_on:
-                ckpt.save_step_checkpoint(accelerator, out, state, cfg.data.batch_size, t.keep_checkpoints)
-            if stopped_on:
-                progress.write(f"saved checkpoint on signal {stopped_on} at step {state.step}")
-                break
-            if state.step >= t.max_steps:
-                break
-        else:
+                # ---- after the step: give up, log, evaluate, save
+                if agreed.nonfinite:
+                    _check_nonfinite_steps(state, t.max_nonfinite_steps, out, main, say)
+                if state.step % t.log_every == 0 or state.step == t.max_steps:
+                    scalars = _step_scalars(accelerator, terms, total, grad_norm, optimizer, state)
+                    log_scalars(accelerator, scalars, step=state.step)
+                    progress.update(state.step, scalars["loss/total"], optimizer.param_groups[0]["lr"])
+                else:
+                    progress.update(state.step)
+                if t.image_every and state.step % t.image_every == 0 and main:
+                    log_image(accelerator, "images/train", training_panel(batch, pred, net), state.step)
+                if (t.eval_every and state.step % t.eval_every == 0) or state.step == t.max_steps:
+                    last_metrics = evaluate(accelerator, model, val_loader, "val", len(val_set), out_dir=out,
+                                            grid_samples=cfg.eval.grid_samples, log=progress.write)
+                    log_scalars(accelerator, metric_scalars(last_metrics, "val"), step=state.step)
+                    progress.write(summary_line(state.step, "val", last_metrics))
+                    model.train()
+                    _keep_best(accelerator, out, state, cfg, last_metrics)
+                if (t.checkpoint_every and state.step % t.checkpoint_every == 0) or not running():
+                    ckpt.save_step_checkpoint(accelerator, out, state, cfg.data.batch_size, t.keep_checkpoints)
+                if agreed.signal:
+                    progress.write(f"saved checkpoint on signal {agreed.signal} at step {state.step}")
+                if not running():
+                    break
+        if running():  # the epoch ran out, the run did not: the next epoch starts at its first batch
             state.epoch += 1
             state.batch_in_epoch = 0
 
     # ---------------------------------------------------------------- the end
     progress.close()
-    if stopped_on:
+    if agreed.signal:
         if main:
-            write_run_state(out, "stopped_on_signal", step=state.step, signal=stopped_on)
+            write_run_state(out, "stopped_on_signal", step=state.step, signal=agreed.signal)
         accelerator.end_training()
-        return {"baseline": baseline, "final": last_metrics, "stopped_on_signal": stopped_on}
+        return {"baseline": baseline, "final": last_metrics, "stopped_on_signal": agreed.signal}
     if last_metrics is None:  # resumed from a checkpoint at or past train.max_steps: the loop did not run
         last_metrics = evaluate(accelerator, model, val_loader, "val", len(val_set), out_dir=out,
                                 grid_samples=cfg.eval.grid_samples, log=say)
@@ -359,13 +247,37 @@ def _train_after_data(cfg: ExperimentConfig, accelerator, resume_from, say, stop
     return {"baseline": baseline, "final": last_metrics, "stopped_on_signal": 0}
 
 
-def training_panel(batch: dict, pred: dict, net):
-    """The tensorboard image (uint8 RGB [H,2W,3]) of the first training sample: crop with GT and predicted skeletons and the
-    predicted mesh projected through the model's camera, beside the depth crop (utnet.engine.visualize).
-    net: the unwrapped model (mano, intrinsics())."""
-    from utnet.engine.visualize import prediction_panel
+def _check_nonfinite_steps(state: ckpt.TrainState, max_in_row: int, out: Path, main: bool, say) -> None:
+    """Report a skipped non-finite step; after train.max_nonfinite_steps of them in a row, fail the run."""
+    if state.nonfinite_in_row >= max_in_row:
+        good = ckpt.list_checkpoints(out)
+        if main:
+            write_run_state(out, "failed", step=state.step)
+        raise UserError(
+            f"train.max_nonfinite_steps: {state.nonfinite_in_row} non-finite steps in a row at step "
+            f"{state.step} (loss or gradient norm NaN/inf); weights not updated by them; last good "
+            f"checkpoint: {good[-1] if good else 'none'}", exit_code=1)
+    say(f"step {state.step}: non-finite loss or gradient norm on some rank: step skipped "
+        f"({state.nonfinite_in_row} in a row, {state.nonfinite_total} in total)")
 
-    sample = {k: v[0].detach().float().cpu() for k, v in batch.items() if torch.is_tensor(v) and v.dim() > 0}
-    prediction = {k: v[0].detach().float().cpu() for k, v in pred.items() if torch.is_tensor(v)}
-    return prediction_panel(sample, prediction, net.mano.faces.cpu(),
-                            net.intrinsics())[..., ::-1].copy()  # BGR -> RGB
+
+def _step_scalars(accelerator, terms: dict, total, grad_norm, optimizer, state: ckpt.TrainState) -> dict:
+    """The logged scalars of a step: loss terms, total and gradient norm averaged over the ranks (of the
+    step's last micro-batch), the learning rate of each parameter group and the skipped-step count."""
+    scalars = {**terms, "loss/total": total.detach(), "grad_norm": torch.as_tensor(grad_norm).float()}
+    scalars = dict(zip(scalars, accelerator.reduce(
+        torch.stack([v.float().reshape(()) for v in scalars.values()]), reduction="mean").tolist()))
+    scalars.update({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups})
+    scalars["nonfinite_steps"] = state.nonfinite_total
+    return scalars
+
+
+def _keep_best(accelerator, out: Path, state: ckpt.TrainState, cfg: ExperimentConfig, metrics: dict) -> None:
+    """Save <out>/best (with its metrics.json) when train.best_metric improved on the best so far."""
+    best_metric = cfg.train.best_metric
+    value = metric_value(metrics, best_metric)
+    if value < state.best_metric:
+        state.best_metric = value
+        ckpt.save_checkpoint(accelerator, out / "best", state, cfg.data.batch_size, extra={best_metric: value})
+        if accelerator.is_main_process:
+            (out / "best" / "metrics.json").write_text((out / "metrics.json").read_text())

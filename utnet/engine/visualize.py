@@ -143,6 +143,16 @@ def prediction_panel(sample: dict, pred_sample: dict, faces, pred_intrinsics) ->
     return np.concatenate([rgb, depth], axis=1)
 
 
+def training_panel(batch: dict, pred: dict, net) -> np.ndarray:
+    """The tensorboard image (uint8 RGB [H,2W,3]) of a batch's first training sample: `prediction_panel`
+    (crop with GT and predicted skeletons, the predicted mesh projected through the model's camera, beside
+    the depth crop). net: the unwrapped model (mano, intrinsics())."""
+    sample = {k: v[0].detach().float().cpu() for k, v in batch.items() if torch.is_tensor(v) and v.dim() > 0}
+    prediction = {k: v[0].detach().float().cpu() for k, v in pred.items() if torch.is_tensor(v)}
+    return prediction_panel(sample, prediction, net.mano.faces.cpu(),
+                            net.intrinsics())[..., ::-1].copy()  # BGR -> RGB
+
+
 def prediction_grid(panels: list[np.ndarray], cols: int = 4, pad: int = 4) -> np.ndarray:
     """Tile panels (uint8 BGR, any sizes) into a grid with `cols` columns on a white background."""
     if not panels:

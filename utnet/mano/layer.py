@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from losses.units import MM_PER_M
 from utnet.errors import UserError
 from utnet.geometry import axis_angle_to_matrix
 from utnet.joints import MANO16_TO_CANONICAL, MANO_PARENTS, TIP_VERTEX_IDS
@@ -24,7 +25,6 @@ from utnet.mano.loading import MANOModel, load_mano_model
 from utnet.mano.pose_prior import joint_frames, palm_axes
 from utnet.mano.standin import standin_path
 
-M_TO_MM = 1000.0  # MANO outputs metres; this constant is the only metres -> millimetres factor
 # Joints grouped by depth in MANO's tree; each level's parents are the previous level, in order.
 _LEVELS = ((1, 4, 7, 10, 13), (2, 5, 8, 11, 14), (3, 6, 9, 12, 15))
 
@@ -222,7 +222,7 @@ class ManoLayer(nn.Module):
         The one place where MANO's metres become millimetres.
         """
         out = self(global_orient, hand_pose, betas, transl)
-        return out.vertices * M_TO_MM, out.joints * M_TO_MM
+        return out.vertices * MM_PER_M, out.joints * MM_PER_M
 
     def joints_from_vertices(self, vertices: torch.Tensor) -> torch.Tensor:
         """Joints [B,21,3] canonical order from vertices [B,778,3] (J_regressor + tip vertices; the unit
