@@ -10,7 +10,7 @@ HELP = "render a synthetic data set in HO3D's on-disk format (a stand-in for HO3
 
 def add_arguments(parser):
     parser.add_argument("--out", required=True, metavar="DIR", help="new or empty folder to write")
-    parser.add_argument("--version", choices=["v2", "v3"], default="v2", help="HO3D layout to follow (v3: .jpg RGB, contact fields)")
+    parser.add_argument("--version", choices=["v2", "v3"], default="v2", help="HO3D layout to follow (v3 adds the contact fields; RGB is .jpg in both)")
     parser.add_argument("--sequences", type=int, default=8, metavar="N", help="train sequences SYN10, SYN11, ... (default 8)")
     parser.add_argument("--frames", type=int, default=60, metavar="M", help="frames per sequence (default 60)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="the same seed writes the same files (default 0)")

@@ -6,6 +6,8 @@ an independent natural pose from the model's pose prior, the palm or the back fa
 object (in front of part of the hand in some frames), skin tone and light variation, sensor noise
 and depth holes. A sequence shares its hand shape, skin tone, background and camera.
 Annotations are written as HO3D writes them: OpenGL camera frame, metres, HO3D joint order.
+Depth is HO3D's lossless two-channel PNG; RGB is JPEG in both layouts, as HO3D v3 stores it (HO3D v2
+ships PNG; the reader looks up .png then .jpg in either layout), which keeps a frame near 0.55 MB.
 The same seed writes the same files.
 """
 from __future__ import annotations
@@ -39,11 +41,13 @@ SKIN_TONES = np.array([[0.95, 0.78, 0.67], [0.89, 0.68, 0.55], [0.80, 0.58, 0.44
 DEPTH_RANGE_M = (0.35, 0.8)
 OCCLUDER_PROB = 0.35
 PARALLEL_MIN_FRAMES = 200  # below this, starting worker processes costs more than it saves
-# PNGs are stored uncompressed (still lossless, 0.92 MB at 640x480): ~1 ms to write and ~1.5 ms to read.
-# zlib's cheapest compression (level 1, Huffman only, Sub filter; 0.43-0.54 MB) costs ~11 ms to write and
-# ~7 ms to read per image, half of a frame's budget; other filters and strategies, or a numpy Huffman
-# writer of our own, were no faster (measured).
-PNG_OPTIONS = [cv2.IMWRITE_PNG_COMPRESSION, 0, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+# RGB is JPEG in both layouts (HO3D v3's own format; the reader looks up .png then .jpg for v2 too): 83-120 KB
+# in ~1.5 ms per 640x480 frame, against 0.92 MB uncompressed PNG. The depth PNG stays lossless: zlib level 1,
+# Huffman coding only, Sub filter: 0.43 MB in ~12 ms. The low byte is sensor noise (~7-8 bits per pixel), so
+# matching (LZ77 at level 1, 0.48 MB in ~15 ms) and the RLE strategy buy nothing, and the Up, Paeth and
+# adaptive filters are slower for the same size; a numpy Huffman writer of our own was twice as slow (measured).
+DEPTH_PNG_OPTIONS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
+                     cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
 JPEG_OPTIONS = [cv2.IMWRITE_JPEG_QUALITY, 92]
 
 
@@ -167,15 +171,12 @@ def _sensor_depth(rng, depth_m: np.ndarray, noise: np.ndarray, uniform: np.ndarr
     return out
 
 
-def write_frame_images(seq_dir: Path, frame: str, bgr8: np.ndarray, depth_m: np.ndarray, version: str) -> None:
-    """Write one frame's images as HO3D does: seq_dir/rgb/<frame>.png (v2) or .jpg (v3) from bgr8
-    [480,640,3] uint8 (cv2's BGR order), and seq_dir/depth/<frame>.png from depth_m [480,640] metres
-    (0 = no measurement) in HO3D's two-channel encoding (`encode_depth_m`). PNGs are lossless."""
-    if version == "v3":
-        cv2.imwrite(str(seq_dir / "rgb" / f"{frame}.jpg"), bgr8, JPEG_OPTIONS)
-    else:
-        cv2.imwrite(str(seq_dir / "rgb" / f"{frame}.png"), bgr8, PNG_OPTIONS)
-    cv2.imwrite(str(seq_dir / "depth" / f"{frame}.png"), encode_depth_m(depth_m), PNG_OPTIONS)
+def write_frame_images(seq_dir: Path, frame: str, bgr8: np.ndarray, depth_m: np.ndarray) -> None:
+    """Write one frame's images: seq_dir/rgb/<frame>.jpg from bgr8 [480,640,3] uint8 (cv2's BGR order;
+    lossy, as HO3D v3 stores RGB, in both layouts) and seq_dir/depth/<frame>.png from depth_m [480,640]
+    metres (0 = no measurement) in HO3D's two-channel 8-bit encoding (`encode_depth_m`), lossless."""
+    cv2.imwrite(str(seq_dir / "rgb" / f"{frame}.jpg"), bgr8, JPEG_OPTIONS)
+    cv2.imwrite(str(seq_dir / "depth" / f"{frame}.png"), encode_depth_m(depth_m), DEPTH_PNG_OPTIONS)
 
 
 def _box_to_opengl(R_cv: np.ndarray, t_cv: np.ndarray):
@@ -257,7 +258,7 @@ def _write_sequence(root: Path, folder: str, seq: str, seq_seed, n_frames: int, 
         depth.reshape(-1)[pix] = depth_px
         depth = _sensor_depth(rng, depth, depth_noise[oy:oy + IMAGE_H, ox:ox + IMAGE_W],
                               uniform_bank[oy:oy + IMAGE_H, ox:ox + IMAGE_W])
-        write_frame_images(seq_dir, frame, bgr8, depth, version)
+        write_frame_images(seq_dir, frame, bgr8, depth)
 
         go_gl, transl_gl = rotate_mano_root(OPENGL_TO_OPENCV, global_orient[i], transl, J0)
         joints_gl_ho3d = flip_opengl_opencv(joints_cv[CANONICAL_TO_HO3D])
