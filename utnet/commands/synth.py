@@ -27,5 +27,7 @@ def run(args) -> int:
           f"{summary['evaluation_frames']} evaluation frames to {args.out} in {summary['seconds']:.1f} s "
           f"({summary['frames_per_s']:.1f} frames/s, {summary['frames_per_cpu_s']:.1f} per CPU-second; "
           f"MANO {summary['mano_source']}). This is a synthetic stand-in, not HO3D.")
+    for path in summary["removed_partials"]:
+        print(f"removed {path}: left by a killed run (its process is gone)")
     print(json.dumps(summary))
     return 0
