@@ -48,11 +48,12 @@ OCCLUDER_PROB = 0.35
 PARALLEL_MIN_FRAMES = 200  # below this, starting worker processes costs more than it saves
 PARTIAL_OWNER_FILE = ".owner_host"  # in a partial folder: the host of the run; its pid is in the folder's name
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-# RGB is JPEG in both layouts (HO3D v3's own format; the reader looks up .png then .jpg for v2 too): 83-120 KB
-# in ~1.5 ms per 640x480 frame, against 0.92 MB uncompressed PNG. The depth PNG stays lossless: zlib level 1,
-# Huffman coding only, Sub filter: 0.43 MB in ~12 ms. The low byte is sensor noise (~7-8 bits per pixel), so
-# matching (LZ77 at level 1, 0.48 MB in ~15 ms) and the RLE strategy buy nothing, and the Up, Paeth and
-# adaptive filters are slower for the same size; a numpy Huffman writer of our own was twice as slow (measured).
+# RGB is JPEG in both layouts (HO3D v3's own format; the reader looks up .png then .jpg for v2 too): 92 KB on
+# average (64-146) in ~1.5 ms per 640x480 frame, against 0.92 MB as an uncompressed PNG. The depth PNG stays
+# lossless: zlib level 1, Huffman coding only, Sub filter: 0.44 MB in ~12 ms. Its low byte is sensor noise
+# (~7-8 bits per pixel) over the whole frame (the background is a depth plane), so matching (LZ77 at level 1,
+# 0.48 MB in ~15 ms) and the RLE strategy buy nothing, and the Up, Paeth and adaptive filters are slower for the
+# same size; a numpy Huffman writer of our own was twice as slow (measured on the default set's frames).
 DEPTH_PNG_OPTIONS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
                      cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
 JPEG_OPTIONS = [cv2.IMWRITE_JPEG_QUALITY, 92]
