@@ -1,7 +1,8 @@
 """Data pipeline throughput: the real train pipeline (reader + crop + augmentation + normalisation,
 in-process, one worker) against decoding the same files alone (cv2.imread RGB + depth, pickle load).
 
-Writes a small synthetic set to a temporary folder first. Prints one JSON object as its last line:
+Writes a small synthetic set to a temporary folder first, in synth's format (JPEG RGB, lossless depth PNG
+compressed with Huffman coding), so the decoding floor is close to that of HO3D v3's files (JPEG RGB, compressed depth PNG). Prints one JSON object as its last line:
 {"loader_samples_per_s", "raw_decode_samples_per_s", "ratio", ...}.
 """
 from __future__ import annotations
@@ -49,7 +50,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=24, help="frames per sequence of the temporary set (2 sequences)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--version", choices=("v2", "v3"), default="v2",
-                        help="file format of the temporary set: v2 = PNG RGB (synth's default), v3 = JPEG RGB (HO3D_v3)")
+                        help="HO3D layout of the temporary set (images are the same; v3 adds the contact fields to the meta files)")
     parser.add_argument("--image-size", type=int, nargs=2, default=[256, 192], metavar=("H", "W"))
     args = parser.parse_args()
     torch.set_num_threads(1)  # what a DataLoader worker runs with

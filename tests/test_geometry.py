@@ -168,11 +168,10 @@ MM_CONVERSION_FILES = {  # the one place of each conversion
     "utnet/mano/layer.py",         # MANO output metres -> mm (mesh_mm)
     "utnet/data/ho3d.py",          # HO3D annotations and depth -> mm (the reader)
     "utnet/engine/submission.py",  # back to metres for an HO3D submission
+    "utnet/mano/standin/model.py", # the stand-in is laid out in mm and stored in metres like MANO
 }
 MM_FACTOR_LINES = {  # (file, stripped line): a factor of 1000 that is no unit conversion, or not yet the constant
     ("utnet/mano/pose_prior.py", "if np.linalg.norm(shift) < 1e-3 * scale:"),  # tolerance relative to the finger length
-    # the stand-in is laid out in mm and stored in metres; it gets MM_PER_M when standin.py becomes a package
-    ("utnet/mano/standin.py", "_MM = 1e-3  # the layout below is written in millimetres; the file stores metres like MANO"),
 }
 
 

@@ -54,7 +54,7 @@ def test_synth_writes_ho3d_format(synth_root):
     assert np.asarray(meta["handJoints3D"])[:, 2].max() < 0  # OpenGL: the hand at negative z
     import cv2
 
-    rgb = cv2.imread(str(root / "train" / "SYN10" / "rgb" / "0001.png"))
+    rgb = cv2.imread(str(root / "train" / "SYN10" / "rgb" / "0001.jpg"))
     depth = cv2.imread(str(root / "train" / "SYN10" / "depth" / "0001.png"), cv2.IMREAD_UNCHANGED)
     assert rgb.shape == (480, 640, 3) and depth.shape == (480, 640, 3) and depth.dtype == np.uint8
     depth_m = (depth[..., 2].astype(np.int32) + 256 * depth[..., 1].astype(np.int32)) * 0.00012498664727900177
@@ -74,6 +74,11 @@ def test_synth_writes_ho3d_format(synth_root):
     assert xyz.shape == (3, 21, 3) and verts.shape == (3, 778, 3)
     np.testing.assert_allclose(xyz[2, 0], np.asarray(emeta["handJoints3D"]), atol=1e-6)
     assert json.loads((root / "synthetic_info.json").read_text())["mano_source"] == "stand-in"
+    assert not list(root.glob("train/*/rgb/*.png"))  # RGB is JPEG in the v2 layout too
+    frame_bytes = [sum(p.stat().st_size for p in (root / split / seq).glob(f"*/{frame}.*"))
+                   for split in ("train", "evaluation")
+                   for seq, frame in (line.split("/") for line in (root / f"{split}.txt").read_text().split())]
+    assert len(frame_bytes) == 9 and max(frame_bytes) < 0.8e6  # rgb + depth + meta of every frame (was 1.85 MB)
 
 
 def test_synth_round_trips_through_reader(synth_root):
@@ -102,9 +107,9 @@ def test_synth_is_deterministic(synth_root, tmp_path):
     root, _ = synth_root
     again = write_synthetic(tmp_path / "again", sequences=2, frames=3, seed=5)
     other = write_synthetic(tmp_path / "other", sequences=2, frames=1, seed=6)
-    for rel in ("train/SYN11/rgb/0002.png", "train/SYN11/depth/0002.png", "train/SYN10/meta/0000.pkl", "evaluation_xyz.json"):
+    for rel in ("train/SYN11/rgb/0002.jpg", "train/SYN11/depth/0002.png", "train/SYN10/meta/0000.pkl", "evaluation_xyz.json"):
         assert md5(root / rel) == md5(tmp_path / "again" / rel), rel
-    assert md5(root / "train/SYN10/rgb/0000.png") != md5(tmp_path / "other" / "train/SYN10/rgb/0000.png")
+    assert md5(root / "train/SYN10/rgb/0000.jpg") != md5(tmp_path / "other" / "train/SYN10/rgb/0000.jpg")
     assert again["train_frames"] == 6 and other["train_frames"] == 2
 
 
@@ -188,32 +193,36 @@ def test_ensure_dataset_writes_the_synthetic_set_once(tmp_path):
     assert lines == []
 
 
-def test_synth_frame_images_round_trip_exactly(tmp_path):
-    """The PNGs the writer makes decode to exactly what it was given (RGB) and to HO3D's depth units."""
+def test_synth_frame_images_round_trip(tmp_path):
+    """The depth PNG the writer makes decodes exactly to HO3D's encoding of the depth it was given (an 8-bit
+    three-channel PNG, compressed); the RGB JPEG decodes to the image it was given up to JPEG's loss."""
     import cv2
 
     from utnet.data.ho3d import DEPTH_UNIT_M, decode_depth_m, encode_depth_m
     from utnet.data.synth import write_frame_images
 
     rng = np.random.default_rng(0)
-    bgr8 = rng.integers(0, 256, size=(480, 640, 3), dtype=np.uint8)
-    depth_m = rng.uniform(0.0, 8.0, size=(480, 640)).astype(np.float32)
+    yy, xx = np.mgrid[0:480, 0:640]
+    bgr8 = np.clip(np.stack([xx // 3, yy // 2, (xx + yy) // 5], axis=-1) + rng.normal(0, 3, (480, 640, 3)), 0, 255).astype(np.uint8)
+    # a tilted plane 0.9-1.3 m with sensor-like noise and holes, and a random-depth block (incompressible)
+    depth_m = (0.9 + 0.0004 * xx + 0.0003 * yy + rng.normal(0, 0.004, (480, 640))).astype(np.float32)
     depth_m[:, ::5] = 0.0  # no measurement
-    for version in ("v2", "v3"):
-        seq = tmp_path / version
-        for d in ("rgb", "depth"):
-            (seq / d).mkdir(parents=True)
-        write_frame_images(seq, "0007", bgr8, depth_m, version)
-        depth_png = seq / "depth" / "0007.png"
-        depth_bgr = cv2.imread(str(depth_png), cv2.IMREAD_UNCHANGED)
-        np.testing.assert_array_equal(depth_bgr, encode_depth_m(depth_m))
-        assert np.abs(decode_depth_m(depth_bgr) - depth_m).max() <= 0.51 * DEPTH_UNIT_M  # rounded to HO3D's unit
-        assert depth_png.stat().st_size <= 640 * 480 * 3 + 4096  # an 8-bit RGB PNG, not a bigger encoding
-    rgb_png = tmp_path / "v2" / "rgb" / "0007.png"
-    np.testing.assert_array_equal(cv2.imread(str(rgb_png), cv2.IMREAD_UNCHANGED), bgr8)
-    assert rgb_png.stat().st_size <= 640 * 480 * 3 + 4096
-    jpg = cv2.imread(str(tmp_path / "v3" / "rgb" / "0007.jpg"))  # v3: lossy like HO3D v3's own .jpg
-    assert jpg.shape == (480, 640, 3) and not (tmp_path / "v3" / "rgb" / "0007.png").exists()
+    depth_m[100:200, 300:500] = rng.uniform(0.0, 8.0, size=(100, 200))
+    seq = tmp_path / "seq"
+    for d in ("rgb", "depth"):
+        (seq / d).mkdir(parents=True)
+    write_frame_images(seq, "0007", bgr8, depth_m)
+    depth_png = seq / "depth" / "0007.png"
+    assert depth_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and depth_png.read_bytes()[24:26] == bytes([8, 2])  # 8-bit RGB
+    depth_bgr = cv2.imread(str(depth_png), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(depth_bgr, encode_depth_m(depth_m))
+    assert np.abs(decode_depth_m(depth_bgr) - depth_m).max() <= 0.51 * DEPTH_UNIT_M  # rounded to HO3D's unit
+    assert depth_png.stat().st_size < 0.6 * 640 * 480 * 3  # compressed (stored: 0.92 MB)
+    jpg = seq / "rgb" / "0007.jpg"
+    assert jpg.read_bytes()[:3] == b"\xff\xd8\xff" and not (seq / "rgb" / "0007.png").exists()
+    decoded = cv2.imread(str(jpg)).astype(np.float64)
+    assert decoded.shape == (480, 640, 3) and np.abs(decoded - bgr8).mean() < 3.0  # lossy, like HO3D v3's .jpg
+    assert jpg.stat().st_size < 0.25 * 640 * 480 * 3
 
 
 def test_render_depth_coverage_and_occlusion():

@@ -6,16 +6,23 @@ an independent natural pose from the model's pose prior, the palm or the back fa
 object (in front of part of the hand in some frames), skin tone and light variation, sensor noise
 and depth holes. A sequence shares its hand shape, skin tone, background and camera.
 Annotations are written as HO3D writes them: OpenGL camera frame, metres, HO3D joint order.
+Depth is HO3D's lossless two-channel PNG; RGB is JPEG in both layouts, as HO3D v3 stores it (HO3D v2
+ships PNG; the reader looks up .png then .jpg in either layout), which keeps a frame near 0.55 MB.
 The same seed writes the same files.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import glob
 import json
 import multiprocessing
 import os
 import pickle
 import shutil
+import signal
+import socket
+import sys
 import time
 from pathlib import Path
 
@@ -39,11 +46,16 @@ SKIN_TONES = np.array([[0.95, 0.78, 0.67], [0.89, 0.68, 0.55], [0.80, 0.58, 0.44
 DEPTH_RANGE_M = (0.35, 0.8)
 OCCLUDER_PROB = 0.35
 PARALLEL_MIN_FRAMES = 200  # below this, starting worker processes costs more than it saves
-# PNGs are stored uncompressed (still lossless, 0.92 MB at 640x480): ~1 ms to write and ~1.5 ms to read.
-# zlib's cheapest compression (level 1, Huffman only, Sub filter; 0.43-0.54 MB) costs ~11 ms to write and
-# ~7 ms to read per image, half of a frame's budget; other filters and strategies, or a numpy Huffman
-# writer of our own, were no faster (measured).
-PNG_OPTIONS = [cv2.IMWRITE_PNG_COMPRESSION, 0, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+PARTIAL_OWNER_FILE = ".owner_host"  # in a partial folder: the host of the run; its pid is in the folder's name
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# RGB is JPEG in both layouts (HO3D v3's own format; the reader looks up .png then .jpg for v2 too): 92 KB on
+# average (64-146) in ~1.5 ms per 640x480 frame, against 0.92 MB as an uncompressed PNG. The depth PNG stays
+# lossless: zlib level 1, Huffman coding only, Sub filter: 0.44 MB in ~12 ms. Its low byte is sensor noise
+# (~7-8 bits per pixel) over the whole frame (the background is a depth plane), so matching (LZ77 at level 1,
+# 0.48 MB in ~15 ms) and the RLE strategy buy nothing, and the Up, Paeth and adaptive filters are slower for the
+# same size; a numpy Huffman writer of our own was twice as slow (measured on the default set's frames).
+DEPTH_PNG_OPTIONS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
+                     cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
 JPEG_OPTIONS = [cv2.IMWRITE_JPEG_QUALITY, 92]
 
 
@@ -167,15 +179,12 @@ def _sensor_depth(rng, depth_m: np.ndarray, noise: np.ndarray, uniform: np.ndarr
     return out
 
 
-def write_frame_images(seq_dir: Path, frame: str, bgr8: np.ndarray, depth_m: np.ndarray, version: str) -> None:
-    """Write one frame's images as HO3D does: seq_dir/rgb/<frame>.png (v2) or .jpg (v3) from bgr8
-    [480,640,3] uint8 (cv2's BGR order), and seq_dir/depth/<frame>.png from depth_m [480,640] metres
-    (0 = no measurement) in HO3D's two-channel encoding (`encode_depth_m`). PNGs are lossless."""
-    if version == "v3":
-        cv2.imwrite(str(seq_dir / "rgb" / f"{frame}.jpg"), bgr8, JPEG_OPTIONS)
-    else:
-        cv2.imwrite(str(seq_dir / "rgb" / f"{frame}.png"), bgr8, PNG_OPTIONS)
-    cv2.imwrite(str(seq_dir / "depth" / f"{frame}.png"), encode_depth_m(depth_m), PNG_OPTIONS)
+def write_frame_images(seq_dir: Path, frame: str, bgr8: np.ndarray, depth_m: np.ndarray) -> None:
+    """Write one frame's images: seq_dir/rgb/<frame>.jpg from bgr8 [480,640,3] uint8 (cv2's BGR order;
+    lossy, as HO3D v3 stores RGB, in both layouts) and seq_dir/depth/<frame>.png from depth_m [480,640]
+    metres (0 = no measurement) in HO3D's two-channel 8-bit encoding (`encode_depth_m`), lossless."""
+    cv2.imwrite(str(seq_dir / "rgb" / f"{frame}.jpg"), bgr8, JPEG_OPTIONS)
+    cv2.imwrite(str(seq_dir / "depth" / f"{frame}.png"), encode_depth_m(depth_m), DEPTH_PNG_OPTIONS)
 
 
 def _box_to_opengl(R_cv: np.ndarray, t_cv: np.ndarray):
@@ -257,7 +266,7 @@ def _write_sequence(root: Path, folder: str, seq: str, seq_seed, n_frames: int, 
         depth.reshape(-1)[pix] = depth_px
         depth = _sensor_depth(rng, depth, depth_noise[oy:oy + IMAGE_H, ox:ox + IMAGE_W],
                               uniform_bank[oy:oy + IMAGE_H, ox:ox + IMAGE_W])
-        write_frame_images(seq_dir, frame, bgr8, depth, version)
+        write_frame_images(seq_dir, frame, bgr8, depth)
 
         go_gl, transl_gl = rotate_mano_root(OPENGL_TO_OPENCV, global_orient[i], transl, J0)
         joints_gl_ho3d = flip_opengl_opencv(joints_cv[CANONICAL_TO_HO3D])
@@ -295,18 +304,30 @@ def _write_sequence(root: Path, folder: str, seq: str, seq_seed, n_frames: int, 
 _WORKER_STATE: dict = {}
 
 
-def _init_worker(mano_model_path, next_job=None, jobs=()) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """Have Linux SIGKILL this worker when its parent exits (prctl PR_SET_PDEATHSIG): a killed `utnet synth`
+    must not leave workers writing into its folder. Exits now if the parent is gone already."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _init_worker(mano_model_path, next_job=None, jobs=(), parent_pid=None) -> None:
     """Set up a rendering process (the caller or a spawned worker): one thread, the MANO layer, and
-    the job list with its shared counter of the next job to take."""
+    the job list with its shared counter of the next job to take. A worker gets its parent's pid
+    (parent_pid) and dies with it; the caller passes None."""
     from utnet.mano import ManoLayer, sample_natural_hand_pose
 
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     if "layer" not in _WORKER_STATE or _WORKER_STATE["path"] != mano_model_path:
         layer = ManoLayer(model_path=mano_model_path, tip_vertex_ids="ho3d")
         _WORKER_STATE.update(layer=layer, path=mano_model_path, sample_pose=sample_natural_hand_pose,
                              hand_axes=_hand_axes(layer), faces=layer.faces.cpu().numpy().astype(np.int64))
-    _WORKER_STATE.update(next_job=next_job, jobs=jobs)
+    _WORKER_STATE.update(next_job=next_job, jobs=jobs, parent_pid=parent_pid)
 
 
 def _run_job(job):
@@ -318,10 +339,13 @@ def _run_job(job):
 
 def _run_jobs() -> list[tuple[int, int, tuple]]:
     """Render jobs until none is left, each time taking the next index from the shared counter (a worker
-    that starts late takes fewer); returns [(job index, id of this process, result of `_write_sequence`)]."""
-    next_job, jobs = _WORKER_STATE["next_job"], _WORKER_STATE["jobs"]
+    that starts late takes fewer); returns [(job index, id of this process, result of `_write_sequence`)].
+    A worker whose parent is gone stops (where prctl could not tie its life to the parent's)."""
+    next_job, jobs, parent_pid = _WORKER_STATE["next_job"], _WORKER_STATE["jobs"], _WORKER_STATE.get("parent_pid")
     done = []
     while True:
+        if parent_pid is not None and os.getppid() != parent_pid:
+            os._exit(1)
         with next_job.get_lock():
             k = next_job.value
             next_job.value += 1
@@ -342,14 +366,14 @@ def _render_jobs(jobs: list, processes: int, mano_model_path) -> tuple[list, int
             pending = []
             if processes > 1:
                 pool = stack.enter_context(ctx.Pool(processes - 1, initializer=_init_worker,
-                                                    initargs=(mano_model_path, next_job, jobs)))
+                                                    initargs=(mano_model_path, next_job, jobs, os.getpid())))
                 pending = [pool.apply_async(_run_jobs) for _ in range(processes - 1)]
             _init_worker(mano_model_path, next_job, jobs)
             done = _run_jobs()
             for p in pending:
                 done += p.get()
     finally:
-        _WORKER_STATE.update(next_job=None, jobs=())
+        _WORKER_STATE.update(next_job=None, jobs=(), parent_pid=None)
         torch.set_num_threads(threads[0])
         cv2.setNumThreads(threads[1])
     done.sort(key=lambda d: d[0])
@@ -365,6 +389,39 @@ def _mano_source(mano_model_path) -> str:
     return getattr(layer, "source", "unknown")
 
 
+def _pid_alive(pid: int) -> bool:
+    """Whether a process `pid` exists on this machine (a zombie counts; unknown counts as alive)."""
+    if os.name != "posix":
+        return True  # os.kill(pid, 0) would terminate it on Windows
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_stale_partials(out_dir: Path) -> list[str]:
+    """Remove the partial folders `.NAME.partial-PID` beside out_dir that runs on this host left when they were
+    killed (their process PID is gone); returns their paths. A folder without an owner file (written by an
+    older version, or killed right after its creation) counts as this host's."""
+    prefix = f".{out_dir.name}.partial-"
+    removed = []
+    for path in sorted(out_dir.parent.glob(glob.escape(prefix) + "*")):
+        pid = path.name[len(prefix):]
+        if not pid.isdigit() or not path.is_dir() or _pid_alive(int(pid)):
+            continue
+        try:
+            host = (path / PARTIAL_OWNER_FILE).read_text().strip()
+        except OSError:
+            host = socket.gethostname()
+        if host == socket.gethostname():  # on a shared disk, another host's pid means nothing here
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(str(path))
+    return removed
+
+
 def write_synthetic(out_dir, version: str = "v2", sequences: int = 8, frames: int = 60, seed: int = 0,
                     mano_model_path=None, val_like_eval_frames=None) -> dict:
     """Write the synthetic HO3D-format set to out_dir (a folder without train.txt).
@@ -372,9 +429,10 @@ def write_synthetic(out_dir, version: str = "v2", sequences: int = 8, frames: in
     Train sequences SYN10, SYN11, ... (`sequences` of them, `frames` each); evaluation sequences
     SYE10, ... (max(1, sequences // 4) of them, `val_like_eval_frames` frames each, default `frames`)
     with root + box pickles and evaluation_xyz.json / evaluation_verts.json in evaluation.txt order.
-    Written to a temporary sibling folder first, so an interrupted run leaves no half data set.
-    Returns a summary dict (counts, seconds, frames per second of wall time and per CPU-second of
-    rendering and writing, i.e. per core; `processes`: how many processes rendered sequences).
+    Written to a temporary sibling folder `.NAME.partial-PID` first, so an interrupted run leaves no half
+    data set; the next run removes those of killed runs. Returns a summary dict (counts, seconds, frames
+    per second of wall time and per CPU-second of rendering and writing, i.e. per core; `processes`: how
+    many processes rendered sequences; `removed_partials`: the partial folders of killed runs removed).
     """
     if version not in ("v2", "v3"):
         raise UserError(f"--version: must be v2 or v3 (got {version!r})")
@@ -389,9 +447,11 @@ def write_synthetic(out_dir, version: str = "v2", sequences: int = 8, frames: in
     start_wall = time.perf_counter()
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    removed_partials = _remove_stale_partials(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    (tmp / PARTIAL_OWNER_FILE).write_text(socket.gethostname() + "\n")
     try:
         train_seqs = _sequence_names(TRAIN_PREFIX, sequences)
         eval_seqs = _sequence_names(EVAL_PREFIX, max(1, sequences // 4))
@@ -421,6 +481,8 @@ def write_synthetic(out_dir, version: str = "v2", sequences: int = 8, frames: in
             "note": "SYNTHETIC stand-in for HO3D, rendered by utnet synth; numbers on it are not HO3D numbers",
         }
         (tmp / INFO_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        (tmp / PARTIAL_OWNER_FILE).unlink()
+        summary["removed_partials"] = removed_partials
         if (out_dir / "train.txt").exists():
             return summary  # another process wrote the same set meanwhile (same arguments, same files)
         if out_dir.exists():
