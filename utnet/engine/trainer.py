@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from utnet.config import ExperimentConfig, config_to_yaml
 from utnet.engine import checkpoint as ckpt
-from utnet.engine.evaluator import evaluate
+from utnet.engine.evaluator import evaluate, report_skipped
 from utnet.engine.signals import StopOnSignal, agree_max, ignore_in_worker
 from utnet.engine.targets import add_mano_targets
 from utnet.engine.tracking import (Progress, comparison_table, data_statistics, log_image, log_scalars,
@@ -222,11 +222,12 @@ def _train_after_data(cfg: ExperimentConfig, accelerator, resume_from, say, stop
 
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(config_to_yaml(cfg))
         write_run_state(out, "running")
     if resume_from is not None:
         ckpt.load_checkpoint(accelerator, resume_from, cfg.data.batch_size, say)
         say(f"resumed from {resume_from} (step {state.step}, epoch {state.epoch}, batch {state.batch_in_epoch})")
+    if main:  # only now: a failed resume leaves the run's config.yaml as it was
+        (out / "config.yaml").write_text(config_to_yaml(cfg))
     start_tracking(accelerator, cfg)
     say(f"training on {accelerator.num_processes} process(es), {accelerator.device}, mixed precision "
         f"{accelerator.mixed_precision}: {len(train_set)} train / {len(val_set)} val samples, "
@@ -340,6 +341,7 @@ def _train_after_data(cfg: ExperimentConfig, accelerator, resume_from, say, stop
     # ---------------------------------------------------------------- the end
     progress.close()
     if stopped_on:
+        report_skipped(accelerator, {"train": train_set, "val": val_set}, say)
         if main:
             write_run_state(out, "stopped_on_signal", step=state.step, signal=stopped_on)
         accelerator.end_training()
@@ -347,6 +349,7 @@ def _train_after_data(cfg: ExperimentConfig, accelerator, resume_from, say, stop
     if last_metrics is None:  # resumed from a checkpoint at or past train.max_steps: the loop did not run
         last_metrics = evaluate(accelerator, model, val_loader, "val", len(val_set), out_dir=out,
                                 grid_samples=cfg.eval.grid_samples, log=say)
+    report_skipped(accelerator, {"train": train_set, "val": val_set}, say)
     if baseline is not None:
         say(f"final validation metrics after {state.step} steps (mm; {state.nonfinite_total} non-finite steps "
             f"skipped), beside the untrained model:\n" + comparison_table(baseline, last_metrics))
