@@ -169,10 +169,9 @@ def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
     from utnet.errors import UserError
 
     run = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", f"from utnet.engine.rundir import RunLock; import time; "
-                                                     f"lock = RunLock({str(run)!r}).acquire(); print('LOCKED', flush=True); "
-                                                     f"time.sleep(600)"],
-                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    code = (f"from utnet.engine.rundir import RunLock; import time; lock = RunLock({str(run)!r}).acquire(); "
+            f"print('LOCKED', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "LOCKED"
         assert (run / LOCK_NAME).read_text().startswith(f"pid {holder.pid} on ")
@@ -201,3 +200,22 @@ def test_the_resume_rule_is_an_allowlist():
                                                         "loss.joint_3d.weight", "train.best_metric"}
     assert changes["optim.betas"] == ([0.9, 0.999], [0.8, 0.9])
     assert config_changes(saved, cfg) == {}
+
+
+def test_two_processes_stop_before_anything_is_written_when_the_directory_is_locked(tiny_data, tmp_path):
+    """Under accelerate launch only RANK 0 locks. Its one-line error ends it before the Accelerator
+    exists; rank 1, waiting for it in the process group's rendezvous, is stopped by the launcher."""
+    from test_engine_multiprocess import accelerate_launch
+    from utnet.engine.rundir import LOCK_NAME, RunLock
+
+    config = write_config(tmp_path, tiny_data, train=SHORT)
+    run = tmp_path / "run"
+    lock = RunLock(run).acquire()
+    try:
+        proc = accelerate_launch("train", "--config", config, "--output-dir", run, timeout=300)
+    finally:
+        lock.release()
+    assert proc.returncode != 0
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("utnet train:")]
+    assert len(ours) == 1 and f"pid {os.getpid()} on " in ours[0], proc.stderr[-3000:]
+    assert [p.name for p in run.iterdir()] == [LOCK_NAME]
