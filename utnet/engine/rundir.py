@@ -72,8 +72,12 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         """Take the lock (creating run_dir); UserError (exit 2) naming the holder's pid if it is held."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")  # never truncate before holding the lock: the holder's pid is in it
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path, "a+")  # never truncate before holding the lock: the holder's pid is in it
+        except OSError as err:
+            raise UserError(f"--output-dir {self.run_dir}: cannot create the run directory's lock file "
+                            f"{self.path} ({err.strerror})") from None
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -109,6 +113,8 @@ def run_entries(run_dir: str | Path) -> list[str]:
 def move_aside(run_dir: str | Path) -> Path:
     """Rename run_dir to <run_dir>.old-<UTC yyyymmdd-HHMMSS>[-n] (one rename: nothing copied or deleted)."""
     run_dir = Path(run_dir).resolve()
+    if Path.cwd().resolve().is_relative_to(run_dir):  # the new run would start inside the moved one
+        raise UserError(f"--overwrite: {run_dir} is (or holds) the working directory; run from elsewhere")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     target, n = run_dir.with_name(f"{run_dir.name}.old-{stamp}"), 1
     while target.exists():
