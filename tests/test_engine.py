@@ -244,13 +244,15 @@ def test_train_writes_a_complete_run(trained_run):
     assert (run / "config.yaml").is_file()
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["max_steps"] == 6
     assert "data statistics, batch 1" in out and "GT root-centred joints mm" in out
-    assert f"Evaluated on {VAL_SIZE} samples from 1 processes" in out
+    assert f"Evaluated on {VAL_SIZE} samples from 1 process (val)" in out
     assert "untrained" in out and "final validation metrics after 6 steps" in out
     for line in ("step 6/6 loss", "eval step 3 val", "eval step 6 val"):
         assert line in out, line
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics) == {"num_samples", "num_processes", "split", "refined", "coarse"}
-    assert metrics["num_samples"] == VAL_SIZE and metrics["num_processes"] == 1 and metrics["split"] == "val"
+    assert set(metrics) == {"num_samples", "num_listed", "num_unreadable", "unreadable", "num_processes", "split",
+                            "refined", "coarse"}
+    assert metrics["num_samples"] == metrics["num_listed"] == VAL_SIZE and metrics["num_unreadable"] == 0
+    assert metrics["num_processes"] == 1 and metrics["split"] == "val"
     assert {"mpjpe", "mpvpe", "pa_mpjpe", "pa_mpvpe", "f_5mm", "f_15mm", "auc_j", "auc_v"} <= set(metrics["refined"])
     from utnet.config import BEST_METRICS  # every name train.best_metric accepts is a reported metric
 
@@ -404,7 +406,7 @@ def test_eval_writes_a_submission_in_the_ho3d_frame(trained_run, tiny_data, tmp_
                    "--output-dir", tmp_path / "eval")
     ok(proc)
     names = (tiny_data / "evaluation.txt").read_text().split()
-    assert f"Evaluated on {len(names)} samples from 1 processes (evaluation)" in proc.stdout
+    assert f"Evaluated on {len(names)} samples from 1 process (evaluation)" in proc.stdout
     xyz, verts = load_ho3d_prediction(tmp_path / "eval" / "pred.zip")
     assert xyz.shape == (len(names), 21, 3) and verts.shape == (len(names), 778, 3)
     assert (xyz[..., 2] < 0).all() and (verts[..., 2] < 0).all()  # OpenGL: the hand lies at negative z

@@ -31,7 +31,8 @@ LAYOUT_HINT = ("expected HO3D layout: train.txt, evaluation.txt, train/<SEQ>/{rg
 
 @dataclass(frozen=True)
 class FrameRecord:
-    """One listed frame. `line` is its 0-based line in the split file (the order of evaluation_*.json)."""
+    """One listed frame. `line` is its 0-based line in the split file (the order of evaluation_*.json).
+    `problem`: why it cannot be read, found when listing (a missing file; kept only with keep_unreadable)."""
 
     folder: str  # "train" | "evaluation" (the folder on disk)
     sequence: str
@@ -40,6 +41,7 @@ class FrameRecord:
     rgb_path: Path
     depth_path: Path
     meta_path: Path
+    problem: Optional[str] = None
 
 
 def read_split_file(root: Path, folder: str) -> list[tuple[str, str]]:
@@ -60,12 +62,14 @@ def read_split_file(root: Path, folder: str) -> list[tuple[str, str]]:
 
 
 def list_frames(root: Path, folder: str, sequences: Optional[set] = None, exclude: Optional[set] = None,
-                on_error: str = "raise", version: str = "v2") -> tuple[list[FrameRecord], list[str]]:
+                on_error: str = "raise", version: str = "v2",
+                keep_unreadable: bool = False) -> tuple[list[FrameRecord], list[str]]:
     """Frame records of a split folder whose three files exist.
 
     RGB is looked up as .png and .jpg, the version's own extension first (v2 .png, v3 .jpg). A listed frame with a missing file raises a
     UserError naming the file (on_error="raise") or is left out and reported in the returned list
-    of problems (on_error="skip").
+    of problems (on_error="skip"); with keep_unreadable it also stays in the records, at its place, with
+    the message as its `problem` (scored splits drop it when scored and keep one entry per listed line).
     Returns (records, problems).
     """
     root = Path(root)
@@ -90,6 +94,8 @@ def list_frames(root: Path, folder: str, sequences: Optional[set] = None, exclud
             if on_error == "raise":
                 raise UserError(message)
             problems.append(message)
+            if keep_unreadable:
+                records.append(FrameRecord(folder, seq, frame, line, rgb, depth, meta, problem=message))
             continue
         records.append(FrameRecord(folder, seq, frame, line, rgb, depth, meta))
     return records, problems

@@ -221,8 +221,17 @@ class HO3DDataset(Dataset):
 
     train: train.txt minus data.val_sequences (augmented when data.augment.enabled);
     val: the frames of data.val_sequences; evaluation: evaluation.txt (root + box; full ground
-    truth from evaluation_xyz.json / evaluation_verts.json when present). `len()` counts usable
-    frames; `skipped` counts the frames left out or replaced under data.on_error: skip.
+    truth from evaluation_xyz.json / evaluation_verts.json when present).
+
+    data.on_error: skip. train leaves out frames with a missing file and serves the next readable frame
+    in place of one that fails to read (a substitute keeps the batch full). val and evaluation are
+    scored, so they keep every listed frame at its index (`len()` = listed frames; evaluation.txt needs
+    one submission entry per line): an unreadable frame comes back as the next readable frame's data with
+    sample_index = its own index, sample_source_index = the frame whose data it carries and
+    sample_readable = False, and the evaluator drops it from the metrics. Those two keys are added to
+    every sample of a scored split in skip mode. `skipped` counts this process's skips (the doctor's
+    report); `unreadable_flags` [len] uint8 in shared memory marks every frame found unreadable by
+    any DataLoader worker, and `left_out` counts the train frames left out when listing.
     """
 
     def __init__(self, cfg: ExperimentConfig, split: str, mano_layer=None):
@@ -248,16 +257,24 @@ class HO3DDataset(Dataset):
                                 f"(sequences there: {', '.join(sorted(listed)[:12])}{'...' if len(listed) > 12 else ''})")
         if split == "val" and not val:
             raise UserError("data.val_sequences: empty, so there is no val split; list held-out train sequences")
+        scored = split != "train"
         self.records, problems = ho3d.list_frames(
             self.root, folder,
             sequences=val if split == "val" else None,
             exclude=val if split == "train" else None,
-            on_error=self.on_error, version=data.version)
+            on_error=self.on_error, version=data.version, keep_unreadable=scored)
         self.skipped = len(problems)
+        self.left_out = 0 if scored else len(problems)
         if problems:
-            logger.warning("data.on_error=skip: %d listed %s frame(s) skipped (first: %s)", len(problems), split, problems[0])
-        if not self.records:
+            logger.warning("data.on_error=skip: %d listed %s frame(s) %s (first: %s)", len(problems), split,
+                           "dropped when scored" if scored else "skipped", problems[0])
+        if all(rec.problem is not None for rec in self.records):
             raise UserError(f"data.root: no usable {split} frames in {self.root}")
+        # Shared memory: DataLoader workers mark what they could not read, the training process reports it.
+        self.unreadable_flags = None
+        if self.on_error == "skip":
+            self.unreadable_flags = torch.tensor([rec.problem is not None for rec in self.records],
+                                                 dtype=torch.uint8).share_memory_()
         self.eval_xyz = self.eval_verts = None
         self._annotations: dict[int, ho3d.Annotation] = {}
         if split == "evaluation":
@@ -274,6 +291,11 @@ class HO3DDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def frame_name(self, index: int) -> str:
+        """`SEQ/NNNN` of frame `index`, as listed in the split file."""
+        rec = self.records[index]
+        return f"{rec.sequence}/{rec.frame_id}"
 
     def annotation(self, index: int) -> ho3d.Annotation:
         """The converted annotation (OpenCV, mm, canonical order) of frame `index`, without images.
@@ -296,6 +318,8 @@ class HO3DDataset(Dataset):
     def load(self, index: int, aug: Optional[Augmentation] = None) -> dict:
         """Read and convert frame `index` with the given augmentation (None: none). Raises UserError."""
         rec = self.records[index]
+        if rec.problem is not None:
+            raise UserError(rec.problem)
         bgr, depth_encoded = ho3d.read_images(rec)
         ann = self.annotation(index)
         sample = make_sample(bgr, depth_encoded, ann, self.image_size, self.bbox_expand, self.depth_window_mm,
@@ -305,17 +329,31 @@ class HO3DDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         aug = sample_augmentation(self.augment) if self.augment is not None else None
-        try:
+        if self.on_error == "raise":
             return self.load(index, aug)
+        try:
+            sample, readable = self.load(index, aug), True
         except UserError as err:
-            if self.on_error == "raise":
-                raise
-            # skip: count it, and serve the next readable frame so that the loader keeps its length.
-            self.skipped += 1
+            self._mark_unreadable(index)
             logger.warning("data.on_error=skip: %s (%d skipped so far in this process)", err, self.skipped)
-            for step in range(1, len(self.records)):
-                try:
-                    return self.load((index + step) % len(self.records), aug)
-                except UserError:
-                    self.skipped += 1
-            raise UserError(f"data.root: no readable {self.split} frame in {self.root}")
+            sample, readable = self._next_readable(index, aug), False
+        if self.split != "train":  # scored: the evaluator drops it (see the class docstring)
+            sample["sample_source_index"] = sample["sample_index"]
+            sample["sample_index"] = torch.tensor(index, dtype=torch.int64)
+            sample["sample_readable"] = torch.tensor(readable)
+        return sample
+
+    def _mark_unreadable(self, index: int) -> None:
+        if self.records[index].problem is None:  # a listing problem was counted when listed
+            self.skipped += 1
+        self.unreadable_flags[index] = 1
+
+    def _next_readable(self, index: int, aug: Optional[Augmentation]) -> dict:
+        """The sample of the first readable frame after `index` (wrapping round), marking the unreadable ones met."""
+        for step in range(1, len(self.records)):
+            other = (index + step) % len(self.records)
+            try:
+                return self.load(other, aug)
+            except UserError:
+                self._mark_unreadable(other)
+        raise UserError(f"data.root: no readable {self.split} frame in {self.root}")

@@ -21,8 +21,9 @@ import torch
 from utnet.config import ExperimentConfig, config_to_yaml
 from utnet.data.sampling import epoch_seed
 from utnet.engine import checkpoint as ckpt
-from utnet.engine.evaluator import evaluate
+from utnet.engine.evaluator import evaluate, report_skipped
 from utnet.engine.setup import build_optimizer, eval_subset, make_accelerator, make_eval_loader, make_train_loader
+from utnet.engine.rundir import write_run_state
 from utnet.engine.signals import StopOnSignal, agree_max
 from utnet.engine.targets import add_mano_targets
 from utnet.engine.tracking import (Progress, comparison_table, data_statistics, log_image, log_scalars,
@@ -57,13 +58,6 @@ def skip_step(accelerator, state: ckpt.TrainState) -> None:
     state.nonfinite_total += 1
     if accelerator.scaler is not None:
         accelerator.scaler.update()
-
-
-def write_run_state(output_dir: Path, status: str, **fields) -> None:
-    """<output_dir>/run_state.json: running | finished | stopped_on_signal | failed (read by train_detached.sh)."""
-    tmp = output_dir / "run_state.json.part"
-    tmp.write_text(json.dumps({"status": status, **fields}))
-    tmp.replace(output_dir / "run_state.json")
 
 
 def metric_value(metrics: dict, dotted: str) -> float:
@@ -125,11 +119,12 @@ def _train_after_data(cfg: ExperimentConfig, accelerator, resume_from, say, stop
 
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(config_to_yaml(cfg))
         write_run_state(out, "running")
     if resume_from is not None:
         ckpt.load_checkpoint(accelerator, resume_from, cfg.data.batch_size, say)
         say(f"resumed from {resume_from} (step {state.step}, epoch {state.epoch}, batch {state.batch_in_epoch})")
+    if main:  # only now: a failed resume leaves the run's config.yaml as it was
+        (out / "config.yaml").write_text(config_to_yaml(cfg))
     start_tracking(accelerator, cfg)
     say(f"training on {accelerator.num_processes} process(es), {accelerator.device}, mixed precision "
         f"{accelerator.mixed_precision}: {len(train_set)} train / {len(val_set)} val samples, "
@@ -228,6 +223,7 @@ def _train_after_data(cfg: ExperimentConfig, accelerator, resume_from, say, stop
     # ---------------------------------------------------------------- the end
     progress.close()
     if agreed.signal:
+        report_skipped(accelerator, {"train": train_set, "val": val_set}, say)
         if main:
             write_run_state(out, "stopped_on_signal", step=state.step, signal=agreed.signal)
         accelerator.end_training()
@@ -235,6 +231,7 @@ def _train_after_data(cfg: ExperimentConfig, accelerator, resume_from, say, stop
     if last_metrics is None:  # resumed from a checkpoint at or past train.max_steps: the loop did not run
         last_metrics = evaluate(accelerator, model, val_loader, "val", len(val_set), out_dir=out,
                                 grid_samples=cfg.eval.grid_samples, log=say)
+    report_skipped(accelerator, {"train": train_set, "val": val_set}, say)
     if baseline is not None:
         say(f"final validation metrics after {state.step} steps (mm; {state.nonfinite_total} non-finite steps "
             f"skipped), beside the untrained model:\n" + comparison_table(baseline, last_metrics))
