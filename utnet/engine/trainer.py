@@ -214,8 +214,7 @@ def _train_after_data(cfg: ExperimentConfig, accelerator, resume_from, say, stop
 
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler)
-    state = ckpt.TrainState()
-    accelerator.register_for_checkpointing(state)
+    state = ckpt.TrainState()  # saved as train_state.json by ckpt (not registered: accelerate pickles custom states)
     net = accelerator.unwrap_model(model)
     mano = net.mano
     group_names = [g["name"] for g in optimizer.param_groups]
@@ -225,7 +224,7 @@ def _train_after_data(cfg: ExperimentConfig, accelerator, resume_from, say, stop
         (out / "config.yaml").write_text(config_to_yaml(cfg))
         write_run_state(out, "running")
     if resume_from is not None:
-        ckpt.load_checkpoint(accelerator, resume_from, cfg.data.batch_size, say)
+        ckpt.load_checkpoint(accelerator, resume_from, state, cfg.data.batch_size, say)
         say(f"resumed from {resume_from} (step {state.step}, epoch {state.epoch}, batch {state.batch_in_epoch})")
     start_tracking(accelerator, cfg)
     say(f"training on {accelerator.num_processes} process(es), {accelerator.device}, mixed precision "

@@ -659,9 +659,11 @@ def standin_path(build: bool = True) -> Path:
 
 
 def _cached_file_ok(path: Path) -> bool:
+    from utnet import safe_pickle  # the cache is a pickle too: read it like any foreign one
+
     try:
         with open(path, "rb") as fh:
-            data = pickle.load(fh, encoding="latin1")
+            data, _ = safe_pickle.loads(fh.read(), path)
         return data[STANDIN_MARKER_KEY]["version"] == STANDIN_VERSION
     except Exception:  # missing, truncated or foreign: rebuild
         return False
