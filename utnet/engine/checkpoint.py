@@ -21,11 +21,13 @@ reads the same way; a file naming any other class is refused with its path.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -240,6 +242,21 @@ def read_train_state(path: str | Path, state: TrainState) -> None:
     state.load_dict(values, file)
 
 
+@contextlib.contextmanager
+def _without_custom_states(path: Path):
+    """`path`, or, when it holds custom_checkpoint_*.pkl files (a checkpoint of an older UTNet, or planted), a
+    temporary directory of links to its other files: accelerate's load_state unpickles every such file with
+    torch.load(weights_only=False), and refuses a directory whose count differs from the registered objects."""
+    if not any(path.glob("custom_checkpoint_*.pkl")):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="utnet-resume-") as view:
+        for child in path.iterdir():
+            if not child.name.startswith("custom_checkpoint_"):
+                os.symlink(child.resolve(), Path(view) / child.name)
+        yield Path(view)
+
+
 def load_checkpoint(accelerator, path: str | Path, state: TrainState, batch_size: int, log=print) -> None:
     """Restore model, optimizer, scheduler, RNG states (every rank) and `state` from train_state.json.
 
@@ -252,7 +269,8 @@ def load_checkpoint(accelerator, path: str | Path, state: TrainState, batch_size
     """
     check_checkpoint_pickles(path, accelerator.process_index)
     read_train_state(path, state)
-    accelerator.load_state(str(path))
+    with _without_custom_states(Path(path)) as view:
+        accelerator.load_state(str(view))
     info = json.loads((Path(path) / MARKER).read_text())
     changed = [f"{key} {info[key]} -> {now}" for key, now in (("num_processes", accelerator.num_processes),
                                                               ("batch_size", batch_size))
