@@ -322,3 +322,100 @@ def test_help_lists_only_existing_subcommands(cli):
         assert sub.returncode == 0, sub.stderr
     for never in ("benchmark", "export"):
         assert never not in result.stdout
+
+
+# ------------------------------------------------------------------- values that used to get through
+def _float_keys(model_cls=ExperimentConfig, prefix=""):
+    """Dotted keys of every float field of the schema (tuples of floats included)."""
+    import typing
+
+    for name, field in model_cls.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, ExperimentConfig.__mro__[1]):
+            yield from _float_keys(ann, f"{prefix}{name}.")
+        elif ann is float or (typing.get_origin(ann) is tuple and float in [typing.get_origin(a) or a for a in
+                                                                            _unwrap(typing.get_args(ann))]):
+            yield f"{prefix}{name}"
+
+
+def _unwrap(args):
+    import typing
+
+    return [typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a for a in args]
+
+
+@pytest.mark.parametrize("bad", [".inf", "-.inf", ".nan"])
+def test_every_float_of_the_schema_must_be_finite(bad):
+    keys = list(_float_keys())
+    assert {"optim.lr", "optim.betas", "optim.lr_mult.head", "data.bbox_expand", "model.focal_length",
+            "data.depth_window_mm", "optim.clip_grad_norm"} <= set(keys)
+    for key in keys:
+        value = f"[{bad}, {bad}]" if key == "optim.betas" else bad
+        with pytest.raises(ConfigError) as info:
+            load_config(None, [f"{key}={value}"])
+        assert any(line.split(":")[0] in (key, f"{key}.0") for line in info.value.lines), (key, info.value.lines)
+
+
+def test_cli_floats_out_of_range_are_all_reported(cli):
+    """The issue's cases, in one call: each is its own line (every problem is reported, not the first)."""
+    bad = {"optim.betas": "[1.5, 0.9]", "optim.lr": ".inf", "optim.lr_mult.backbone": ".inf",
+           "optim.lr_mult.refiner": "1.0e+9", "data.bbox_expand": ".inf", "model.focal_length": ".inf",
+           "data.depth_window_mm": ".inf", "data.augment.scale": "1.5", "optim.weight_decay": "-0.1"}
+    args = ["config"]
+    for key, value in bad.items():
+        args += ["--set", f"{key}={value}"]
+    result = cli(*args)
+    _assert_config_error(result, "optim.betas.0: Input should be less than 1 (got 1.5)",
+                         "optim.lr: Input should be a finite number (got .inf)")
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == len(bad), result.stderr
+    for key in bad:
+        assert sum(line.split(":")[0] in (key, f"{key}.0") for line in lines) == 1, (key, result.stderr)
+    assert load_config(None, ["optim.betas=[0.0, 0.999]"]).optim.betas == (0.0, 0.999)
+    with pytest.raises(ConfigError, match=r"^optim.betas.1: Input should be less than 1 \(got 1\)"):
+        load_config(None, ["optim.betas=[0.9, 1]"])
+
+
+def test_cli_key_given_twice_names_the_key_and_lines(cli, tmp_path):
+    """YAML keeps the last of two equal keys without a word: the first `data:` section was dropped."""
+    path = tmp_path / "twice.yaml"
+    path.write_text(DEFAULT_CONFIG_PATH.read_text() + "data:\n  batch_size: 2\noptim:\n  lr_mult: {head: 2, head: 3}\n")
+    text = path.read_text().splitlines()
+    first_data = text.index("data:") + 1
+    last = len(text)
+    result = cli("config", "--config", path)
+    _assert_config_error(result, f"data: key given twice in {path} (lines {first_data} and {last - 3})",
+                         f"optim: key given twice in {path}", f"optim.lr_mult.head: key given twice in {path} "
+                         f"(line {last}, columns 13 and 22)")
+    assert len(result.stderr.strip().splitlines()) == 3, result.stderr
+    _assert_config_error(cli("config", "--set", "loss.joint_3d={weight: 1, weight: 2}"),
+                         "loss.joint_3d.weight: key given twice in --set loss.joint_3d")
+
+
+def test_cli_problems_of_every_stage_are_reported_together(cli):
+    """A bad --set item, a schema error, a loss-term error and a combination error: four lines, one run."""
+    result = cli("config", "--set", "nonsense", "--set", "optim.lr=-1", "--set", "loss.joint_3d.weight=-1",
+                 "--set", "model.backbone.stem=patch", "--set", "model.backbone.stem_depth=2")
+    _assert_config_error(result, "--set nonsense: expected KEY=VALUE", "optim.lr: ", "loss.joint_3d.weight: ",
+                         "model.backbone.stem_depth: only applies to model.backbone.stem: conv")
+    assert len(result.stderr.strip().splitlines()) == 4, result.stderr
+    # a combination check says nothing about a key whose own value was refused
+    result = cli("config", "--set", "model.backbone.stem=cnv", "--set", "model.backbone.stem_depth=2")
+    _assert_config_error(result, "model.backbone.stem: ")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_synthetic_data_is_written_only_when_asked(cli, tmp_path):
+    """A mistyped data.root must not render a new data set there: the schema's default is off, and the
+    default experiment (configs/synthetic.yaml) turns it on explicitly."""
+    assert ExperimentConfig().data.synthetic.enabled is False
+    assert load_config().data.synthetic.enabled is True
+    tree = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    del tree["data"]["synthetic"]
+    tree["data"]["root"] = str(tmp_path / "typo_root")
+    tree["output_dir"] = str(tmp_path / "run")
+    path = tmp_path / "no_synthetic.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    result = cli("train", "--config", path)
+    _assert_config_error(result, f"data.root: {tmp_path / 'typo_root'} has no train.txt (and data.synthetic.enabled is false)")
+    assert not (tmp_path / "typo_root").exists()

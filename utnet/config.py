@@ -5,8 +5,9 @@ raises `ConfigError` with one `<dotted.path>: <message> (got <value>)` line per 
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -20,21 +21,22 @@ if not DEFAULT_CONFIG_PATH.is_file():  # an installed (non-editable) utnet: the 
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: every float of the schema must be finite (an lr of .inf ran to the end with NaN metrics).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------------------- data
 class AugmentConfig(_Section):
     enabled: bool = Field(True, description="Augment the train split (never val/evaluation).")
-    scale: float = Field(0.3, ge=0, description="Box scale factor 1 + scale * clip(N(0,1), -1, 1).")
-    rotation_deg: float = Field(30.0, ge=0, description="In-plane rotation deg * clip(N(0,1), -2, 2).")
+    scale: float = Field(0.3, ge=0, lt=1, description="Box scale factor 1 + scale * clip(N(0,1), -1, 1).")
+    rotation_deg: float = Field(30.0, ge=0, le=180, description="In-plane rotation deg * clip(N(0,1), -2, 2).")
     rotation_prob: float = Field(0.6, ge=0, le=1, description="Probability of applying the rotation.")
-    translation: float = Field(0.02, ge=0, description="Box centre shift, as a fraction of the box size.")
-    color: float = Field(0.2, ge=0, description="Per-channel colour scale in [1 - color, 1 + color].")
+    translation: float = Field(0.02, ge=0, le=1, description="Box centre shift, as a fraction of the box size.")
+    color: float = Field(0.2, ge=0, le=1, description="Per-channel colour scale in [1 - color, 1 + color].")
 
 
 class SyntheticConfig(_Section):
-    enabled: bool = Field(True, description="Write the synthetic HO3D-format set at data.root if it is missing.")
+    enabled: bool = Field(False, description="Write the synthetic HO3D-format set at data.root if it is missing (configs/synthetic.yaml turns it on; off by default so that a mistyped data.root is an error, not a new 1 GB data set).")
     sequences: int = Field(8, ge=2, description="Number of train sequences to render.")
     frames: int = Field(60, ge=1, description="Frames per sequence.")
     seed: int = Field(0, description="Seed of the synthetic set (the same seed writes the same files).")
@@ -45,8 +47,8 @@ class DataConfig(_Section):
     version: Literal["v2", "v3"] = Field("v2", description="HO3D release the folder follows.")
     val_sequences: list[str] = Field(default_factory=list, description="Train sequences held out as the `val` split.")
     image_size: tuple[int, int] = Field((256, 192), description="Crop height, width in pixels.")
-    bbox_expand: float = Field(1.5, gt=0, description="Crop side = bbox_expand * the larger side of the tight box.")
-    depth_window_mm: float = Field(300.0, gt=0, description="Depth window mapped to [0,1], centred on the median valid depth near the crop centre.")
+    bbox_expand: float = Field(1.5, ge=1, le=10, description="Crop side = bbox_expand * the larger side of the tight box.")
+    depth_window_mm: float = Field(300.0, gt=0, le=10000, description="Depth window mapped to [0,1], centred on the median valid depth near the crop centre.")
     on_error: Literal["raise", "skip"] = Field("raise", description="A listed frame whose file is missing or unreadable: stop (raise) or skip and count it.")
     batch_size: int = Field(16, ge=1, description="Samples per batch per process.")
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes per training process.")
@@ -89,7 +91,7 @@ class HeadConfig(_Section):
     depth: int = Field(2, ge=1, description="Transformer decoder layers.")
     dim: int = Field(256, ge=8, description="Decoder width.")
     heads: int = Field(4, ge=1, description="Attention heads.")
-    mlp_ratio: float = Field(4.0, gt=0, description="Decoder MLP width / dim.")
+    mlp_ratio: float = Field(4.0, gt=0, le=64, description="Decoder MLP width / dim.")
     query: Literal["learned", "zero"] = Field("zero", description="The single query token: learned, or zero (HaMeR).")
     ief_iters: int = Field(1, ge=1, description="Iterative error feedback steps of the parameter regressor.")
     init_pose: Literal["identity", "mean"] = Field("mean", description="Initial hand pose: identity rotations or the MANO file's hands_mean.")
@@ -106,21 +108,24 @@ class ModelConfig(_Section):
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     head: HeadConfig = Field(default_factory=HeadConfig)
     refiner: RefinerConfig = Field(default_factory=RefinerConfig)
-    focal_length: float = Field(5000.0, gt=0, description="HaMeR camera focal length in pixels for a crop of the larger image side; principal point at the crop centre.")
+    focal_length: float = Field(5000.0, gt=0, le=1e6, description="HaMeR camera focal length in pixels for a crop of the larger image side; principal point at the crop centre.")
     token_keypoints: bool = Field(False, description="A linear 2D keypoint regressor on the mean-pooled backbone tokens (pred['token_keypoints_2d'], crop units relative to the wrist), for the `token_keypoint_2d` loss term: a direct 2D signal for a backbone trained from scratch, the part ViTPose pretraining plays for HaMeR's.")
 
 
 # ---------------------------------------------------------------------------------------- optim
+_Beta = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
+
+
 class LrMultConfig(_Section):
-    backbone: float = Field(1.0, ge=0)
-    head: float = Field(1.0, ge=0)
-    refiner: float = Field(1.0, ge=0)
+    backbone: float = Field(1.0, ge=0, le=1000)
+    head: float = Field(1.0, ge=0, le=1000)
+    refiner: float = Field(1.0, ge=0, le=1000)
 
 
 class OptimConfig(_Section):
-    lr: float = Field(3e-4, gt=0, description="AdamW base learning rate.")
-    weight_decay: float = Field(1e-4, ge=0)
-    betas: tuple[float, float] = Field((0.9, 0.999))
+    lr: float = Field(3e-4, gt=0, le=1, description="AdamW base learning rate.")
+    weight_decay: float = Field(1e-4, ge=0, le=1)
+    betas: tuple[_Beta, _Beta] = Field((0.9, 0.999), description="AdamW's moment decay rates, each in [0, 1).")
     lr_mult: LrMultConfig = Field(default_factory=LrMultConfig, description="Per parameter group multipliers of lr.")
     schedule: Literal["cosine", "constant"] = Field("cosine", description="After warmup: cosine decay to 0 at train.max_steps, or constant.")
     warmup_steps: int = Field(100, ge=0, description="Linear warmup, in optimizer steps.")
@@ -198,6 +203,46 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's SafeLoader that also finds every mapping key given twice (plain YAML keeps the last one silently)."""
+
+    def load_checked(self, where: str) -> tuple[Any, list[str]]:
+        """(the document, one problem line per repeated key: its dotted path, line and first line, `where`)."""
+        node = self.get_single_node()
+        problems: list[str] = []
+        self._find_repeats(node, "", where, problems)
+        return (self.construct_document(node) if node is not None else None), problems
+
+    def _find_repeats(self, node, prefix: str, where: str, problems: list[str]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            first_line = {}
+            for key_node, value_node in node.value:
+                key = (key_node.tag, key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
+                dotted = f"{prefix}.{key_node.value}" if prefix else str(getattr(key_node, "value", "?"))
+                if key is not None and key_node.value != "<<":  # "<<" is YAML's merge key, not a repeat
+                    mark = key_node.start_mark
+                    if key in first_line:
+                        first = first_line[key]
+                        at = (f"line {mark.line + 1}, columns {first.column + 1} and {mark.column + 1}" if first.line == mark.line
+                              else f"lines {first.line + 1} and {mark.line + 1}")
+                        problems.append(f"{dotted}: key given twice in {where} ({at}); remove one (got {key_node.value!r})")
+                    else:
+                        first_line[key] = mark
+                self._find_repeats(value_node, dotted, where, problems)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._find_repeats(item, f"{prefix}.{i}" if prefix else str(i), where, problems)
+
+
+def _load_yaml(text: str, where: str) -> tuple[Any, list[str]]:
+    """Parse YAML safely: (data, repeated-key problems). Raises yaml.YAMLError on a syntax error."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.load_checked(where)
+    finally:
+        loader.dispose()
+
+
 def _parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError([f"--set {item}: expected KEY=VALUE (got {item!r})"])
@@ -206,27 +251,30 @@ def _parse_override(item: str) -> tuple[str, Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError([f"--set {item}: empty key (got {item!r})"])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value, repeats = _load_yaml(raw, f"--set {key}") if raw.strip() else (None, [])
     except yaml.YAMLError as err:
         raise ConfigError([f"{key}: --set value is not valid YAML: {str(err).splitlines()[0]} (got {raw!r})"])
+    if repeats:
+        raise ConfigError([f"{key}.{line}" for line in repeats])
     return key, value
 
 
-def _read_yaml(path: Path) -> dict:
+def _read_yaml(path: Path) -> tuple[dict, list[str]]:
+    """(the file's mapping, one problem line per key given twice). Raises ConfigError when it cannot be parsed."""
     if not path.is_file():
         raise ConfigError([f"config: file not found: {path} (got {str(path)!r})"])
     try:
-        data = yaml.safe_load(path.read_text())
+        data, repeats = _load_yaml(path.read_text(), str(path))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError([f"config: YAML syntax error in {path} at {where}: {problem} (got {str(path)!r})"])
     if data is None:
-        return {}
+        return {}, repeats
     if not isinstance(data, dict):
         raise ConfigError([f"config: {path} must hold a mapping of sections (got {_fmt_value(data)})"])
-    return data
+    return data, repeats
 
 
 def _lookup(tree: Any, loc: tuple) -> Any:
@@ -241,12 +289,15 @@ def _lookup(tree: Any, loc: tuple) -> Any:
     return node
 
 
+def _user_loc(loc) -> tuple:
+    """A pydantic error location without the union member / literal tags pydantic appends: the user's keys."""
+    return tuple(k for k in loc if isinstance(k, int) or not (isinstance(k, str) and ("[" in k or k in {"literal['ho3d','smplx']", "list[int]"})))
+
+
 def _validation_lines(err: ValidationError, tree: dict) -> list[str]:
     lines = []
     for e in err.errors():
-        loc = tuple(e["loc"])
-        # pydantic appends the union member / literal tag to the location; keep the user's keys.
-        user_loc = tuple(k for k in loc if isinstance(k, int) or not (isinstance(k, str) and ("[" in k or k in {"literal['ho3d','smplx']", "list[int]"})))
+        user_loc = _user_loc(e["loc"])
         dotted = ".".join(str(k) for k in user_loc)
         value = e.get("input")
         if e["type"] == "extra_forbidden":
@@ -266,25 +317,57 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     ConfigError listing every problem with its dotted path.
     """
     path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
-    tree = _read_yaml(path)
-    for item in overrides:
-        key, value = _parse_override(item)
-        _set_dotted(tree, key, value)
+    tree, problems = _read_yaml(path)
+    for item in overrides:  # a bad --set is reported with the rest; the others still apply
+        try:
+            key, value = _parse_override(item)
+            _set_dotted(tree, key, value)
+        except ConfigError as err:
+            problems += err.lines
 
-    try:
-        cfg = ExperimentConfig.model_validate(tree)
-    except ValidationError as err:
-        raise ConfigError(_validation_lines(err, tree))
+    # Every stage runs even when an earlier one found problems, so one run lists them all: the later
+    # stages see the schema's defaults in place of the invalid values (and say nothing about those keys).
+    cfg, schema_problems, invalid = _validate_leniently(tree)
+    problems += schema_problems
+    if cfg is not None:
+        import losses  # the loss section is validated by the plugin registry (plugins may add terms)
 
-    import losses  # the loss section is validated by the plugin registry (plugins may add terms)
-
-    problems = losses.check_loss_config(cfg.loss, list(cfg.loss_plugins))
+        loss_problems = losses.check_loss_config(cfg.loss, list(cfg.loss_plugins))
+        problems += [f"{p}: {msg} (got {_fmt_value(v)})" for p, msg, v in loss_problems]
+        invalid += [p for p, _, _ in loss_problems]
+        if not loss_problems:
+            # Store every term with its plugin's defaults filled in, so config.yaml says what ran.
+            cfg.loss = losses.resolve_loss_config(cfg.loss, list(cfg.loss_plugins))
+        try:
+            _check_combinations(cfg)
+        except ConfigError as err:
+            problems += [line for line in err.lines if not any(key in line for key in invalid)]
     if problems:
-        raise ConfigError([f"{p}: {msg} (got {_fmt_value(v)})" for p, msg, v in problems])
-    # Store every term with its plugin's defaults filled in, so config.yaml says what ran.
-    cfg.loss = losses.resolve_loss_config(cfg.loss, list(cfg.loss_plugins))
-    _check_combinations(cfg)
+        raise ConfigError(list(dict.fromkeys(problems)))
     return cfg
+
+
+def _validate_leniently(tree: dict) -> tuple[Optional[ExperimentConfig], list[str], list[str]]:
+    """(the config with schema defaults in place of every invalid value, one line per problem, the dotted
+    keys of the invalid values). The config is None only if even the repaired tree does not validate."""
+    try:
+        return ExperimentConfig.model_validate(tree), [], []
+    except ValidationError as err:
+        lines, locs = _validation_lines(err, tree), [_user_loc(e["loc"]) for e in err.errors()]
+    repaired = copy.deepcopy(tree)
+    for loc in locs:  # drop the innermost mapping key on the error's path: the default takes its place
+        node, parent, key = repaired, None, None
+        for part in loc:
+            if not isinstance(node, dict) or part not in node:
+                break
+            parent, key, node = node, part, node[part]
+        if parent is not None:
+            parent.pop(key, None)
+    try:
+        cfg = ExperimentConfig.model_validate(repaired)
+    except ValidationError:
+        cfg = None
+    return cfg, lines, [".".join(str(k) for k in loc) for loc in locs]
 
 
 def _check_combinations(cfg: ExperimentConfig) -> None:

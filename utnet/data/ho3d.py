@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -18,6 +17,7 @@ import cv2
 import numpy as np
 
 from losses.units import MM_PER_M
+from utnet import safe_pickle
 from utnet.errors import UserError
 from utnet.geometry import OPENGL_TO_OPENCV, flip_opengl_opencv, rotate_mano_root
 from utnet.joints import HO3D_TO_CANONICAL, NUM_JOINTS
@@ -142,15 +142,27 @@ def decode_depth_mm(depth_bgr: np.ndarray) -> np.ndarray:
 
 
 def read_meta(path: Path) -> dict:
-    """Load a meta pickle (protocol 2, Python 2 writers: latin1). Raises UserError naming the file."""
+    """Load a meta pickle (protocol 2, Python 2 writers: latin1) with utnet.safe_pickle, which refuses any class
+    but numpy's and builtins' (a pickle can run code when opened). Raises UserError naming the file."""
     try:
         with open(path, "rb") as f:
-            meta = pickle.load(f, encoding="latin1")
-    except Exception as err:  # any unpickling failure means a corrupt file
+            meta, _ = safe_pickle.loads(f.read(), path)
+        if isinstance(meta, dict):
+            meta = {key: safe_pickle.to_plain(value) for key, value in meta.items()}
+    except UserError:  # a refused class, named in the message; nothing of the file was run
+        raise
+    except Exception as err:  # any other unpickling failure means a corrupt file
         raise UserError(f"{path}: cannot read meta pickle ({type(err).__name__}: {err})") from None
     if not isinstance(meta, dict):
         raise UserError(f"{path}: meta pickle is not a dict (got {type(meta).__name__})")
     return meta
+
+
+def _finite(arr: np.ndarray, key: str, path: Path) -> np.ndarray:
+    """`arr` unchanged; UserError naming the file and field when it holds NaN or inf (a bad frame)."""
+    if not np.isfinite(arr).all():
+        raise UserError(f"{path}: field {key!r} has {int((~np.isfinite(arr)).sum())} non-finite value(s) (NaN/inf)")
+    return arr
 
 
 def _field(meta: dict, key: str, shape: tuple, path: Path) -> np.ndarray:
@@ -161,7 +173,7 @@ def _field(meta: dict, key: str, shape: tuple, path: Path) -> np.ndarray:
     size = int(np.prod(shape))
     if arr.size != size:
         raise UserError(f"{path}: field {key!r} has {arr.size} values, expected {size} {shape}")
-    return arr.reshape(shape)
+    return _finite(arr, key, path).reshape(shape)
 
 
 @dataclass
@@ -205,7 +217,7 @@ def convert_annotation(meta: dict, path: Path, rest_root_joint_m: Optional[Calla
     joints_gl = meta.get("handJoints3D")
     if joints_gl is None:
         raise UserError(f"{path}: field 'handJoints3D' is missing or None (frame not annotated?)")
-    joints_gl = np.asarray(joints_gl, dtype=np.float64)
+    joints_gl = _finite(np.asarray(joints_gl, dtype=np.float64), "handJoints3D", path)
     zeros3 = np.zeros(3)
     if "handPose" in meta and joints_gl.size == NUM_JOINTS * 3:
         pose = _field(meta, "handPose", (48,), path)
@@ -249,4 +261,7 @@ def load_evaluation_json(root: Path, name: str, expected: int) -> Optional[np.nd
         raise UserError(f"{path}: cannot read ({type(err).__name__}: {err})") from None
     if arr.ndim != 3 or arr.shape[0] != expected or arr.shape[2] != 3:
         raise UserError(f"{path}: shape {list(arr.shape)}, expected [{expected}, K, 3] (one entry per line of evaluation.txt)")
+    bad = np.flatnonzero(~np.isfinite(arr).all(axis=(1, 2)))
+    if bad.size:
+        raise UserError(f"{path}: {bad.size} entries hold NaN/inf (first: entry {bad[0]}, line {bad[0] + 1} of evaluation.txt)")
     return arr

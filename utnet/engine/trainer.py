@@ -112,8 +112,7 @@ def _train_after_data(cfg: ExperimentConfig, accelerator, resume_from, say, stop
 
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler)
-    state = ckpt.TrainState()
-    accelerator.register_for_checkpointing(state)
+    state = ckpt.TrainState()  # saved as train_state.json by ckpt (not registered: accelerate pickles custom states)
     net = accelerator.unwrap_model(model)
     mano = net.mano
 
@@ -121,7 +120,7 @@ def _train_after_data(cfg: ExperimentConfig, accelerator, resume_from, say, stop
         out.mkdir(parents=True, exist_ok=True)
         write_run_state(out, "running")
     if resume_from is not None:
-        ckpt.load_checkpoint(accelerator, resume_from, cfg.data.batch_size, say)
+        ckpt.load_checkpoint(accelerator, resume_from, state, cfg.data.batch_size, say)
         say(f"resumed from {resume_from} (step {state.step}, epoch {state.epoch}, batch {state.batch_in_epoch})")
     if main:  # only now: a failed resume leaves the run's config.yaml as it was
         (out / "config.yaml").write_text(config_to_yaml(cfg))

@@ -1,9 +1,9 @@
 """Read a MANO model file without chumpy, check it, and write a clean copy.
 
 The official MANO pickles (Python 2, protocol 2) hold chumpy arrays, and chumpy does not import on
-Python 3.11 / numpy >= 1.24. `read_mano_pickle` unpickles with a loader that turns every object of
-a module named chumpy* into a numpy array of its value, and scipy sparse matrices into dense
-arrays, so the result is plain numpy that unmodified `smplx.MANO` accepts.
+Python 3.11 / numpy >= 1.24. `read_mano_pickle` unpickles with utnet.safe_pickle, which refuses any
+class outside the format (a pickle can run code when opened) and turns chumpy objects and scipy
+sparse matrices into numpy arrays, so the result is plain numpy that unmodified `smplx.MANO` accepts.
 
 Which file is which (`MANOModel.source`):
 - "stand-in": it carries the stand-in's marker key (utnet.mano.standin);
@@ -16,7 +16,6 @@ to distal x radial (wrist->middle knuckle crossed with pinky->index knuckle), se
 """
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from utnet import safe_pickle
 from utnet.errors import UserError
 from utnet.joints import MANO_PARENTS
 from utnet.mano.pose_prior import palm_axes
@@ -45,64 +45,6 @@ REQUIRED_SHAPES = {
 }
 
 
-class _ChumpyStandIn:
-    """What a chumpy object becomes while unpickling: it only remembers its arguments and state."""
-
-    chumpy_name = "chumpy"
-
-    def __new__(cls, *args, **kwargs):
-        obj = object.__new__(cls)
-        obj.args, obj.state = args, {}
-        return obj
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        if isinstance(state, tuple) and len(state) == 2:  # (dict state, slot state)
-            state = {**(state[0] or {}), **(state[1] or {})}
-        self.state = state if isinstance(state, dict) else {"x": state}
-
-    def to_numpy(self) -> np.ndarray:
-        """The array value: the state's 'x' (chumpy.Ch keeps its value there), else its only array."""
-        for key in ("x", "_x", "r"):
-            if key in self.state:
-                return _to_plain(self.state[key])
-        arrays = [v for v in self.state.values() if isinstance(v, (np.ndarray, _ChumpyStandIn))]
-        if len(arrays) == 1:
-            return _to_plain(arrays[0])
-        if len(self.args) == 1:
-            return _to_plain(self.args[0])
-        raise ValueError(f"cannot turn a {self.chumpy_name} object into an array (state keys {sorted(self.state)})")
-
-
-class _NoChumpyUnpickler(pickle.Unpickler):
-    """Unpickler that maps chumpy classes to _ChumpyStandIn subclasses and counts them."""
-
-    def __init__(self, fh):
-        super().__init__(fh, encoding="latin1")
-        self.chumpy_objects = 0
-
-    def find_class(self, module, name):
-        if module == "chumpy" or module.startswith("chumpy."):
-            self.chumpy_objects += 1
-            return type(name, (_ChumpyStandIn,), {"chumpy_name": f"{module}.{name}"})
-        return super().find_class(module, name)
-
-
-def _to_plain(value):
-    """chumpy stand-ins and scipy sparse matrices -> numpy arrays; other values unchanged."""
-    if isinstance(value, _ChumpyStandIn):
-        return np.asarray(value.to_numpy())
-    if hasattr(value, "toarray") and "scipy.sparse" in type(value).__module__:
-        return np.asarray(value.toarray())
-    if isinstance(value, np.ndarray) and value.dtype == object:
-        return np.asarray([_to_plain(v) for v in value.reshape(-1)]).reshape(value.shape)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_plain(v) for v in value)
-    return value
-
-
 @dataclass
 class MANOModel:
     """A validated right-hand MANO model: plain numpy arrays (metres), where it came from."""
@@ -119,18 +61,19 @@ def read_mano_pickle(path) -> tuple[dict, int]:
         raw = path.read_bytes()
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
-    unpickler = _NoChumpyUnpickler(io.BytesIO(raw))
     try:
-        data = unpickler.load()
-    except Exception as err:  # any unpickling failure means "not a model file"
+        data, chumpy_objects = safe_pickle.loads(raw, path)
+    except UserError:  # a refused class: named in the message, nothing of the file was run
+        raise
+    except Exception as err:  # any other unpickling failure means "not a model file"
         raise UserError(f"{path}: not a MANO model file (cannot unpickle it: {type(err).__name__})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: not a MANO model file (holds a {type(data).__name__}, expected a dict)")
     try:
-        plain = {key: _to_plain(value) for key, value in data.items()}
+        plain = {key: safe_pickle.to_plain(value) for key, value in data.items()}
     except ValueError as err:
         raise UserError(f"{path}: {err}") from None
-    return plain, unpickler.chumpy_objects
+    return plain, chumpy_objects
 
 
 def load_mano_model(path) -> MANOModel:

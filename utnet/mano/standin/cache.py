@@ -6,6 +6,7 @@ import pickle
 import tempfile
 from pathlib import Path
 
+from utnet import safe_pickle
 from utnet.mano.standin.model import STANDIN_MARKER_KEY, STANDIN_VERSION, build_standin
 
 STANDIN_FILENAME = f"mano_standin_v{STANDIN_VERSION}.pkl"
@@ -45,7 +46,7 @@ def standin_path(build: bool = True) -> Path:
 def _cached_file_ok(path: Path) -> bool:
     try:
         with open(path, "rb") as fh:
-            data = pickle.load(fh, encoding="latin1")
+            data, _ = safe_pickle.loads(fh.read(), path)  # the cache is a pickle too: read it like any foreign one
         return data[STANDIN_MARKER_KEY]["version"] == STANDIN_VERSION
     except Exception:  # missing, truncated or foreign: rebuild
         return False
