@@ -142,6 +142,9 @@ def evaluate_checkpoint(cfg, checkpoint: str | Path, split: str, out_dir: str | 
     model, loader = accelerator.prepare(model, loader)
     result = evaluate(accelerator, model, loader, split, len(dataset), out_dir=out_dir,
                       grid_samples=cfg.eval.grid_samples, write_submission=(split == "evaluation"), log=say)
+    if accelerator.is_main_process:  # what metrics.json scored: checkpoint, config, data (provenance.py)
+        from utnet.engine.provenance import add_provenance, eval_provenance
+        add_provenance(out_dir / "metrics.json", eval_provenance(cfg, checkpoint))
     r, c = result["refined"], result["coarse"]
     if split == "evaluation" and not np.isfinite(r["pa_mpjpe"]):
         say("no released evaluation ground truth (evaluation_xyz.json / evaluation_verts.json) in data.root: "
