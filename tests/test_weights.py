@@ -243,3 +243,17 @@ def test_a_timm_checkpoint_still_loads_and_the_rule_counts_tensors_not_keys_of_n
     with pytest.warns(UserWarning, match="patch_embed.proj.0.weight"):
         report = backbone.load_checkpoint(path)
     assert report["format"] == "timm" and report["loaded"] == report["expected"] == len(state) - 2
+
+
+class _HyperParameters(dict):
+    """Stands in for a config class a Lightning checkpoint pickles (HaMeR's hyper_parameters)."""
+
+
+def test_a_checkpoint_pickling_other_objects_is_not_executed_but_explained(tmp_path):
+    torch.manual_seed(0)
+    state, _ = _layouts(ReferenceViT())["hamer_full"]
+    path = tmp_path / "hamer_lightning.ckpt"
+    torch.save({**state, "hyper_parameters": _HyperParameters(lr=1e-5)}, path)
+    with pytest.raises(UserError, match=r"^model.backbone.checkpoint: .*hamer_lightning.ckpt holds pickled objects "
+                                        r"other than tensors, which are not loaded .*\['state_dict'\]"):
+        build_backbone(_config(f"model.backbone.checkpoint={path}").model.backbone, IMAGE_SIZE)

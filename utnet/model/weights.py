@@ -2,10 +2,13 @@
 
 Used for backbone checkpoints (model.backbone.checkpoint) and the model weights of training
 checkpoints; any unreadable file is a UserError naming what the file is for and its path.
+Also the backbone checkpoint layouts: detection (timm, or the original ViTPose/HaMeR ViT) and the
+mapping of the original ViT's keys onto timm's (docs/backbone_checkpoints.md).
 """
 from __future__ import annotations
 
 import math
+import pickle
 from pathlib import Path
 
 import torch
@@ -36,15 +39,25 @@ def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" not in str(err):
+            raise UserError(f"{what}: cannot read {path}: not a weights file (the unpickler failed)") from None
+        # e.g. a Lightning checkpoint whose hyper_parameters pickle a config class (HaMeR's)
+        raise UserError(f"{what}: {path} holds pickled objects other than tensors, which are not loaded "
+                        f"(that could run code); if you trust the file, save its state dict alone: "
+                        f"torch.save(torch.load(PATH, weights_only=False)['state_dict'], 'weights.pth')") from None
     except Exception as err:  # any reader failure is a bad file for the user
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"{what}: cannot read {path}: {reason}") from None
+        raise UserError(f"{what}: cannot read {path}: {_first_line(err)}") from None
     for wrapper in ("state_dict", "model"):  # common .pth layouts: {"state_dict": {...}} / {"model": {...}}
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{what}: {path} does not hold a state dict of tensors")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 # ------------------------------------------------------------------ backbone checkpoint layouts
