@@ -175,6 +175,11 @@ def test_the_padding_matters_and_the_named_formats_are_checked(tmp_path):
     with pytest.raises(UserError, match=r"^model.backbone.checkpoint_format: 'hamer' but .* class token"):
         build_backbone(_config(f"model.backbone.checkpoint={timm_path}", "model.backbone.checkpoint_format=hamer"
                                ).model.backbone, IMAGE_SIZE)
+    # a ViTPose file read as timm: nothing fits, the load stops
+    with pytest.raises(UserError, match=r"^model.backbone.checkpoint: .* \(timm layout\) does not fit .* 78 of the "
+                                        r"backbone's 78 tensors missing .* 77 unexpected \(first: backbone\."):
+        build_backbone(_config(f"model.backbone.checkpoint={path}", "model.backbone.checkpoint_format=timm"
+                               ).model.backbone, IMAGE_SIZE)
     # the auto format keeps a timm file in the timm layout (class token, no padding)
     timm_backbone = build_backbone(_config(f"model.backbone.checkpoint={timm_path}").model.backbone, IMAGE_SIZE,
                                    log=lambda line: None)
