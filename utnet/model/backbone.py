@@ -187,7 +187,8 @@ class Backbone(nn.Module):
         # a conv stem replaces the patch projection: no checkpoint of a patch-projection ViT has it
         new = ("patch_embed.proj.",) if self.stem == "conv" else ()
         expected = [k for k in own if not k.startswith(new)]
-        missing_expected = [k for k in missing if k in set(expected)]
+        expected_set = set(expected)
+        missing_expected = [k for k in missing if k in expected_set]
         share = len(missing_expected) / max(len(expected), 1)
         counts = (f"{len(missing_expected)} of the backbone's {len(expected)} tensors missing "
                   f"(first: {_first(missing_expected)}), {len(unexpected)} unexpected (first: {_first(unexpected)})")
