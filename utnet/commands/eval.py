@@ -53,6 +53,7 @@ def evaluate_checkpoint(cfg, checkpoint: str | Path, split: str, out_dir: str | 
     from utnet.data import build_dataset, ensure_dataset
     from utnet.engine.checkpoint import load_model_weights
     from utnet.engine.evaluator import evaluate
+    from utnet.engine.provenance import add_provenance, eval_provenance
     from utnet.engine.setup import eval_subset, make_accelerator, make_eval_loader
     from utnet.model import build_model
 
@@ -67,6 +68,8 @@ def evaluate_checkpoint(cfg, checkpoint: str | Path, split: str, out_dir: str | 
     model, loader = accelerator.prepare(model, make_eval_loader(cfg, dataset))
     result = evaluate(accelerator, model, loader, split, len(dataset), out_dir=out_dir,
                       grid_samples=cfg.eval.grid_samples, write_submission=(split == "evaluation"), log=say)
+    if accelerator.is_main_process:  # what metrics.json scored: checkpoint, config, data root
+        add_provenance(out_dir / "metrics.json", eval_provenance(cfg, checkpoint))
     r, c = result["refined"], result["coarse"]
     if split == "evaluation" and not np.isfinite(r["pa_mpjpe"]):
         say("no released evaluation ground truth (evaluation_xyz.json / evaluation_verts.json) in data.root: "

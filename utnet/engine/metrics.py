@@ -13,6 +13,9 @@ Definitions (as the official `eval.py` computes them, in mm instead of cm):
 - Root-aligned (`mpjpe`, `mpvpe`): each side minus its own root joint; vertices use the joint root.
 - Procrustes-aligned (`pa_mpjpe`, `pa_mpvpe`): per-sample similarity Procrustes
   (`utnet.geometry.procrustes_align`), joints and vertices aligned independently.
+- Scale-translation aligned (`st_mpjpe`, the official eval's third joint error): the prediction
+  scaled about the origin so that its wrist -> middle-finger MCP bone has the gt's length (unscaled
+  when that bone has length 0), then translated so that its wrist lies on the gt wrist.
 - `auc_j`, `auc_v`: per keypoint, PCK (error <= t) over t = np.linspace(0, 50, 100) mm, integrated
   with the trapezoid rule and divided by the integral of 1, then averaged over keypoints; on the
   Procrustes-aligned errors, as papers report.
@@ -39,12 +42,14 @@ import torch
 from utnet.engine.nearest import hits_within
 from utnet.engine.nearest import squared_norm as _squared_norm  # the one rounding the F-score search uses
 from utnet.geometry import procrustes_align
-from utnet.joints import NUM_VERTS, ROOT_INDEX
+from utnet.joints import CANONICAL_NAMES, NUM_VERTS, ROOT_INDEX
 
 AUC_THRESHOLDS_MM = np.linspace(0.0, 50.0, 100)
 F_THRESHOLDS_MM = (5.0, 15.0)  # ascending: the F-score search reaches as far as the first (smallest)
 # Samples per pass over the vertices: keeps one pass's arrays in cache.
 _CHUNK_SAMPLES = 128
+# The scale bone of `st_mpjpe` ends at the middle finger's first joint (HO3D order: joint 4).
+MIDDLE_MCP_INDEX = CANONICAL_NAMES.index("middle1")
 
 
 def _threshold_key(threshold_mm: float) -> str:
@@ -62,6 +67,22 @@ def _procrustes_aligned(pred: torch.Tensor, gt: torch.Tensor, ok: torch.Tensor) 
     """`utnet.geometry.procrustes_align` (official HO3D similarity Procrustes) of pred [B,N,3] onto gt
     [B,N,3] for the samples where `ok` [B]; NaN for the other samples and for non-finite ones."""
     return procrustes_align(torch.where(ok[:, None, None], pred, math.nan), gt)
+
+
+def scale_translation_errors(pred_j: torch.Tensor, gt_j: torch.Tensor, j_valid: torch.Tensor,
+                             root_index: int = ROOT_INDEX, bone_end: int = MIDDLE_MCP_INDEX) -> dict[str, torch.Tensor]:
+    """Per-joint errors [B,21] after the official scale-translation alignment (module docstring) and
+    their 0/1 validity [B,21]: valid joints of samples whose gt root and bone end are valid; NaN elsewhere.
+    pred_j, gt_j: [B,21,3] mm, canonical order; j_valid [B,21] bool."""
+    def bone(j):
+        return _squared_norm(j[:, bone_end] - j[:, root_index]).sqrt()[:, None, None]
+
+    pred_bone, gt_bone = bone(pred_j), bone(gt_j)
+    scaled = torch.where(pred_bone > 0, pred_j / pred_bone.clamp(min=1e-300), pred_j) * gt_bone
+    aligned = scaled - scaled[:, root_index:root_index + 1] + gt_j[:, root_index:root_index + 1]
+    valid = j_valid & (j_valid[:, root_index] & j_valid[:, bone_end])[:, None]
+    return {"joints_st_err_mm": torch.where(valid, _squared_norm(aligned - gt_j).sqrt(), math.nan),
+            "joints_st_valid": valid.to(pred_j.dtype)}
 
 
 @torch.no_grad()
@@ -88,6 +109,7 @@ def per_sample_errors(
         dict of tensors on the input's device, float `dtype`; errors in mm, NaN where not valid:
         joints_err_mm [B,21] root-aligned, joints_valid [B,21] (0/1),
         joints_pa_err_mm [B,21] Procrustes-aligned, joints_pa_valid [B],
+        joints_st_err_mm [B,21] scale-translation aligned, joints_st_valid [B,21],
         verts_err_mm [B,V] root-aligned on the joint root, verts_valid [B],
         verts_pa_err_mm [B,V], verts_pa_valid [B],
         precision_5mm, recall_5mm, precision_15mm, recall_15mm [B] (on aligned vertices).
@@ -113,6 +135,7 @@ def per_sample_errors(
         "joints_valid": ra_valid.to(dtype),
         "joints_pa_err_mm": torch.where(pa_valid[:, None], joints_pa_err, math.nan),
         "joints_pa_valid": pa_valid.to(dtype),
+        **scale_translation_errors(pred_j, gt_j, j_valid, root_index),
     }
 
     have_verts = pred_verts_mm is not None and gt_verts_mm is not None
@@ -222,7 +245,7 @@ def _f_score(errors: dict[str, torch.Tensor], threshold_mm: float) -> float:
 def summarize(errors: dict[str, torch.Tensor]) -> dict[str, float]:
     """Reported metrics from (gathered) `per_sample_errors` output; errors in mm, AUC and F in [0,1].
 
-    Returns: mpjpe, mpvpe, pa_mpjpe, pa_mpvpe, f_5mm, f_15mm, auc_j, auc_v (floats, NaN when no
+    Returns: mpjpe, mpvpe, pa_mpjpe, pa_mpvpe, st_mpjpe, f_5mm, f_15mm, auc_j, auc_v (floats, NaN when no
     sample has the data) and num_samples (int). AUCs are on the Procrustes-aligned errors.
     """
     return {
@@ -230,6 +253,7 @@ def summarize(errors: dict[str, torch.Tensor]) -> dict[str, float]:
         "mpvpe": _keypoint_metric(errors, "verts_err_mm", "verts_valid"),
         "pa_mpjpe": _keypoint_metric(errors, "joints_pa_err_mm", "joints_pa_valid"),
         "pa_mpvpe": _keypoint_metric(errors, "verts_pa_err_mm", "verts_pa_valid"),
+        "st_mpjpe": _keypoint_metric(errors, "joints_st_err_mm", "joints_st_valid"),
         "f_5mm": _f_score(errors, 5.0),
         "f_15mm": _f_score(errors, 15.0),
         "auc_j": _keypoint_metric(errors, "joints_pa_err_mm", "joints_pa_valid", _auc_scores),

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from losses.units import MM_PER_M
+from utnet.errors import UserError
 from utnet.geometry import flip_opengl_opencv
-from utnet.joints import CANONICAL_TO_HO3D, NUM_JOINTS, ROOT_INDEX
+from utnet.joints import CANONICAL_TO_HO3D, HO3D_TO_CANONICAL, NUM_JOINTS, NUM_VERTS, ROOT_INDEX
 
 # 1e-6 m = 1 micrometre: far below any reported error, and it keeps pred.json small.
 DECIMALS_M = 6
@@ -81,16 +82,62 @@ def write_ho3d_submission(out_dir, pred_joints_cam_mm, pred_verts_cam_mm, gt_roo
 
 
 def load_ho3d_prediction(path) -> tuple[np.ndarray, np.ndarray]:
-    """Read a pred.json or pred.zip as written for HO3D.
+    """Read and check a pred.json, or a pred.zip holding pred.json, in the HO3D submission format.
 
     Returns:
-        (xyz [N,21,3], verts [N,V,3]) float64, exactly as in the file: OpenGL frame, metres, HO3D order.
+        (xyz [N,21,3], verts [N,778,3]) float64, exactly as in the file: OpenGL frame, metres, HO3D order.
+    Raises:
+        UserError naming the file: missing or unreadable, a zip without pred.json, not [xyz_list,
+        verts_list], lists of different lengths, entries that are not 21 / 778 points of 3 values (also
+        the two lists swapped), non-finite values.
     """
     path = Path(path)
-    if path.suffix == ".zip":
-        with zipfile.ZipFile(path) as archive:
-            xyz, verts = json.loads(archive.read("pred.json"))
-    else:
-        with open(path) as f:
-            xyz, verts = json.load(f)
-    return np.asarray(xyz, dtype=np.float64), np.asarray(verts, dtype=np.float64)
+    if not path.is_file():
+        raise UserError(f"{path}: prediction file not found")
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                if "pred.json" not in archive.namelist():
+                    raise UserError(f"{path}: the zip holds no pred.json (it holds {archive.namelist()[:5]})")
+                payload = json.loads(archive.read("pred.json"))
+        else:
+            with open(path) as f:
+                payload = json.load(f)
+    except UserError:
+        raise
+    except Exception as err:  # a truncated zip, invalid JSON, ...: a bad file for the user
+        raise UserError(f"{path}: cannot read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+    if not isinstance(payload, list) or len(payload) != 2:
+        raise UserError(f"{path}: expected [xyz_list, verts_list] (HO3D submission format)")
+    xyz, verts = (_points(path, name, part) for name, part in zip(("xyz_list", "verts_list"), payload))
+    if xyz.shape[1:] == (NUM_VERTS, 3) and verts.shape[1:] == (NUM_JOINTS, 3):
+        raise UserError(f"{path}: xyz_list holds {NUM_VERTS} points and verts_list {NUM_JOINTS}: the lists are swapped "
+                        f"(expected [xyz_list, verts_list])")
+    for name, array, count in (("xyz_list", xyz, NUM_JOINTS), ("verts_list", verts, NUM_VERTS)):
+        if array.shape[1:] != (count, 3):
+            raise UserError(f"{path}: {name} entries have shape {list(array.shape[1:])}, expected [{count}, 3]")
+        if not np.isfinite(array).all():
+            bad = int(np.flatnonzero(~np.isfinite(array).reshape(len(array), -1).all(axis=1))[0])
+            raise UserError(f"{path}: {name} entry {bad} holds non-finite values (NaN or inf)")
+    if len(xyz) != len(verts):
+        raise UserError(f"{path}: xyz_list has {len(xyz)} entries but verts_list {len(verts)}")
+    return xyz, verts
+
+
+def _points(path: Path, name: str, part) -> np.ndarray:
+    """One list of a submission as float64 [N,K,3]; UserError when it is not a list of point lists."""
+    try:
+        array = np.asarray(part, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise UserError(f"{path}: {name} is not a list of equally sized point lists") from None
+    if array.ndim != 3 or array.shape[0] == 0:
+        raise UserError(f"{path}: {name} has shape {list(array.shape)}, expected [N, K, 3] with N > 0")
+    return array
+
+
+def from_ho3d_frame(xyz_opengl_m: np.ndarray, verts_opengl_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """HO3D submission / ground truth (OpenGL, metres, HO3D order) -> (joints_cam_mm [N,21,3] canonical
+    order, verts_cam_mm [N,V,3]) in the OpenCV camera frame, through the data reader's one conversion."""
+    from utnet.data.ho3d import opengl_m_to_opencv_mm
+
+    return opengl_m_to_opencv_mm(xyz_opengl_m)[:, HO3D_TO_CANONICAL], opengl_m_to_opencv_mm(verts_opengl_m)

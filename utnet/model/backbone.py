@@ -4,8 +4,14 @@ Plain ViTs (a strided patch projection) and timm's hybrid ViTs (a ResNet stem be
 projection, e.g. vit_tiny_r_s16_p8_224) both work: the input layer is the first 3-channel
 convolution of the patch embedding, and the token grid is whatever the patch embedding reports.
 
-Weights come from timm (`pretrained: true`, timm's own download) and/or a local checkpoint holding
-a timm ViT state dict (`checkpoint: PATH`, .safetensors or .pth), loaded with `load_checkpoint`.
+Weights come from timm (`pretrained: true`, timm's own download) and/or a local checkpoint
+(`checkpoint: PATH`, .safetensors or .pth): a timm ViT state dict, or the ViT of ViTPose (mmpose) or
+HaMeR (`checkpoint_format`, detected from the keys by default). The ViTPose/HaMeR ViT has no class
+token, adds its position embedding's first slot to every patch token and pads its patch projection
+by 2 pixels; a backbone built for such a checkpoint (`layout="vitpose"`) is a timm ViT without class
+token whose patch projection pads by 2, so the mapped weights give the original's features.
+A checkpoint that leaves more than PARTIAL_LOAD_LIMIT of the backbone's tensors unloaded is an
+error unless `allow_partial`.
 """
 from __future__ import annotations
 
@@ -20,9 +26,17 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from utnet.errors import UserError
-from utnet.model.weights import read_state_dict
+from utnet.model.weights import (ORIGINAL_VIT_FORMATS, detect_checkpoint_format, original_vit_to_timm,
+                                 read_state_dict, split_original_vit)
 
 CHECKPOINT_KEY = "model.backbone.checkpoint"
+# More than this share of the backbone's tensors left at their initialisation is an error (training a
+# large ViT from random init by accident is the costliest silent failure); allow_partial makes it a warning.
+PARTIAL_LOAD_LIMIT = 0.10
+# The original ViTPose ViT's patch projection padding, 4 + 2 * (ratio // 2 - 1) at its ratio 1.
+VITPOSE_PATCH_PADDING = 2
+# Keys printed per side in a load report.
+_SHOWN_KEYS = 5
 
 
 class Backbone(nn.Module):
@@ -34,15 +48,21 @@ class Backbone(nn.Module):
     Fusion `late`: a separate depth patch embedding (`depth_embed`, one convolution whose kernel and
     stride are the token grid's cell size), zero-initialised, is added to the RGB patch tokens
     before the position embedding, so a pretrained ViT starts unchanged.
+    Layout `timm`: timm's ViT as named. Layout `vitpose`: the same ViT without class token and with
+    a patch projection padded by VITPOSE_PATCH_PADDING (the ViTPose/HaMeR ViT; plain ViTs only).
     """
 
     def __init__(self, name: str, image_size: tuple[int, int], fusion: str = "early",
                  pretrained: bool = False, drop_path: float = 0.0, stem: str = "patch",
-                 stem_depth: int = 1):
+                 stem_depth: int = 1, layout: str = "timm"):
         super().__init__()
+        if layout not in ("timm", "vitpose"):
+            raise ValueError(f"layout must be 'timm' or 'vitpose' (got {layout!r})")
+        # the original ViTPose ViT has no class token: its sequence is the patch tokens alone
+        no_class = {"class_token": False, "global_pool": ""} if layout == "vitpose" else {}
         try:
             vit = timm.create_model(name, pretrained=pretrained, img_size=tuple(image_size), num_classes=0,
-                                    drop_path_rate=drop_path)
+                                    drop_path_rate=drop_path, **no_class)
         except RuntimeError as err:  # timm: "Unknown model (...)"
             raise UserError(f"model.backbone.name: {err}") from None
         except AssertionError as err:  # timm asserts on an input size its stem cannot tile
@@ -55,6 +75,9 @@ class Backbone(nn.Module):
         vit.attn_pool = None
         self.vit = vit
         self.fusion = fusion
+        self.name = name
+        self.layout = layout
+        self.stem = stem
         self.image_size = tuple(image_size)
         self.embed_dim = vit.embed_dim
         self.grid_size = tuple(vit.patch_embed.grid_size)
@@ -67,6 +90,8 @@ class Backbone(nn.Module):
                             f"(its {self.grid_size[0]}x{self.grid_size[1]} token grid would leave pixels uncovered)")
         self.cell_size = tuple(size // cells for size, cells in zip(self.image_size, self.grid_size))
         self.input_conv_name = _input_conv_name(vit.patch_embed, name)
+        if layout == "vitpose" and stem == "patch":
+            _pad_patch_projection(vit.patch_embed, name, self.grid_size)
         if fusion == "early":
             _set_submodule(vit.patch_embed, self.input_conv_name,
                            _add_depth_channel(vit.patch_embed.get_submodule(self.input_conv_name)))
@@ -90,7 +115,10 @@ class Backbone(nn.Module):
         if self.fusion == "early":
             x = vit.patch_embed(torch.cat([rgb, depth], dim=1))
         else:
-            x = vit.patch_embed(rgb) + self.depth_embed(depth).flatten(2).transpose(1, 2)
+            x = vit.patch_embed(rgb)
+            depth_tokens = self.depth_embed(depth)  # [B,D,Hp,Wp]
+            # a ViT with dynamic_img_size (e.g. timm's test_vit) embeds patches as NHWC, others as [B,N,D]
+            x = x + (depth_tokens.permute(0, 2, 3, 1) if x.dim() == 4 else depth_tokens.flatten(2).transpose(1, 2))
         x = vit._pos_embed(x)
         x = vit.patch_drop(x)
         x = vit.norm_pre(x)
@@ -101,15 +129,34 @@ class Backbone(nn.Module):
         fmap = tokens.transpose(1, 2).reshape(tokens.shape[0], self.embed_dim, Hp, Wp)
         return tokens, fmap
 
-    def load_checkpoint(self, path: str | Path) -> None:
-        """Load a timm ViT state dict (keys as timm names them) from .safetensors or .pth.
-
-        An RGB patch embedding [D,3,p,p] is adapted to early fusion (depth filters = mean of RGB
-        filters); a position embedding of another grid is resampled. Keys `depth_embed.*` (late
-        fusion) are optional. Missing and unexpected keys are reported in one warning; a shape
-        that still does not fit raises UserError naming the key.
-        """
+    def load_checkpoint(self, path: str | Path, checkpoint_format: str = "auto",
+                        allow_partial: bool = False) -> dict:
+        """Load a backbone checkpoint (.safetensors or .pth) in `checkpoint_format` (see `load_state`)."""
         state = read_state_dict(path, CHECKPOINT_KEY)
+        return self.load_state(state, path, resolve_format(state, checkpoint_format), allow_partial)
+
+    def load_state(self, state: dict[str, torch.Tensor], path: str | Path, checkpoint_format: str,
+                   allow_partial: bool = False) -> dict:
+        """Load a state dict read from `path` in a resolved `checkpoint_format` (timm, vitpose, hamer).
+
+        timm: keys as timm names them. vitpose/hamer: the original ViTPose ViT, mapped by
+        `utnet.model.weights.original_vit_to_timm` (needs layout `vitpose`); the file's other modules
+        (heads, MANO, discriminator) are ignored and counted. An RGB input layer [D,3,p,p] is adapted to
+        early fusion (depth filters = mean of RGB filters); a position embedding of another grid is
+        resampled. Keys `depth_embed.*` (late fusion) are optional, and so is a conv stem (`stem: conv`)
+        that replaces the patch projection: both are new by configuration.
+        A shape that does not fit raises UserError naming the key. More than PARTIAL_LOAD_LIMIT of the
+        other tensors missing raises UserError with the counts and the first keys on both sides, unless
+        `allow_partial`; any missing or unexpected key is otherwise reported in one warning.
+        Returns {"format", "loaded", "expected", "missing", "unexpected", "ignored": {module: tensors}}.
+        """
+        ignored: dict[str, int] = {}
+        if checkpoint_format in ORIGINAL_VIT_FORMATS:
+            if self.layout != "vitpose":
+                raise UserError(f"{CHECKPOINT_KEY}: {path} is a {checkpoint_format} checkpoint (the original ViTPose ViT) "
+                                f"but the backbone was built in the timm layout")
+            vit_state, ignored = split_original_vit(state, checkpoint_format, path, CHECKPOINT_KEY)
+            state = original_vit_to_timm(vit_state, self.grid_size)
         depth_state = {k[len("depth_embed."):]: v for k, v in state.items() if k.startswith("depth_embed.")}
         state = {k: v for k, v in state.items() if not k.startswith("depth_embed.")}
         own = self.vit.state_dict()
@@ -137,9 +184,43 @@ class Backbone(nn.Module):
             res = self.depth_embed.load_state_dict(depth_state, strict=False)
             missing += [f"depth_embed.{k}" for k in res.missing_keys]
             unexpected += [f"depth_embed.{k}" for k in res.unexpected_keys]
+        # a conv stem replaces the patch projection: no checkpoint of a patch-projection ViT has it
+        new = ("patch_embed.proj.",) if self.stem == "conv" else ()
+        expected = [k for k in own if not k.startswith(new)]
+        expected_set = set(expected)
+        missing_expected = [k for k in missing if k in expected_set]
+        share = len(missing_expected) / max(len(expected), 1)
+        counts = (f"{len(missing_expected)} of the backbone's {len(expected)} tensors missing "
+                  f"(first: {_first(missing_expected)}), {len(unexpected)} unexpected (first: {_first(unexpected)})")
+        if share > PARTIAL_LOAD_LIMIT and not allow_partial:
+            raise UserError(f"{CHECKPOINT_KEY}: {path} ({checkpoint_format} layout) does not fit model.backbone.name "
+                            f"'{self.name}': {counts}; more than "
+                            f"{PARTIAL_LOAD_LIMIT:.0%} left unloaded (set model.backbone.allow_partial: true to load "
+                            f"it anyway, or model.backbone.checkpoint_format)")
         if missing or unexpected:
             warnings.warn(f"{CHECKPOINT_KEY}: {path}: {len(missing)} missing key(s) {missing}, "
-                          f"{len(unexpected)} unexpected key(s) {unexpected}", stacklevel=2)
+                          f"{len(unexpected)} unexpected key(s) {unexpected}"
+                          + (f" (partial load allowed: {counts})" if share > PARTIAL_LOAD_LIMIT else ""), stacklevel=2)
+        return {"format": checkpoint_format, "loaded": len(expected) - len(missing_expected), "expected": len(expected),
+                "missing": missing, "unexpected": unexpected, "ignored": ignored}
+
+
+def resolve_format(state: dict[str, torch.Tensor], checkpoint_format: str) -> str:
+    """`model.backbone.checkpoint_format` for a read state dict: 'auto' becomes the detected layout."""
+    return detect_checkpoint_format(state) if checkpoint_format == "auto" else checkpoint_format
+
+
+def load_report(path: str | Path, report: dict) -> str:
+    """One line saying what a backbone checkpoint load did (layout, tensors loaded, other modules ignored)."""
+    ignored = report["ignored"]
+    other = (f"; ignored {sum(ignored.values())} tensors of other modules "
+             f"({', '.join(f'{m}: {n}' for m, n in sorted(ignored.items()))})" if ignored else "")
+    return (f"{CHECKPOINT_KEY}: {path} ({report['format']} layout): loaded {report['loaded']} of the backbone's "
+            f"{report['expected']} tensors{other}")
+
+
+def _first(keys: list[str]) -> str:
+    return ", ".join(keys[:_SHOWN_KEYS]) + (", ..." if len(keys) > _SHOWN_KEYS else "") if keys else "none"
 
 
 def conv_stem(patch_proj: nn.Module, model_name: str, depth: int = 1) -> nn.Sequential:
@@ -176,6 +257,21 @@ def _input_conv_name(patch_embed: nn.Module, model_name: str) -> str:
     raise UserError(f"model.backbone.name: '{model_name}' has no 3-channel input convolution in its patch embedding")
 
 
+def _pad_patch_projection(patch_embed: nn.Module, model_name: str, grid_size: tuple[int, int]) -> None:
+    """Pad the patch projection by VITPOSE_PATCH_PADDING (the original ViTPose ViT's); the token grid
+    must stay the same, which holds for a stride-16 kernel-16 projection on multiples of 16."""
+    proj = getattr(patch_embed, "proj", None)
+    if not isinstance(proj, nn.Conv2d) or getattr(patch_embed, "backbone", None) is not None:
+        raise UserError(f"model.backbone.checkpoint_format: a ViTPose/HaMeR checkpoint needs a plain ViT "
+                        f"(one patch projection); '{model_name}' is not one")
+    size = [(s + 2 * VITPOSE_PATCH_PADDING - k) // st + 1 for s, k, st in
+            zip(patch_embed.img_size, proj.kernel_size, proj.stride)]
+    if tuple(size) != tuple(grid_size):
+        raise UserError(f"data.image_size: {list(patch_embed.img_size)} with the ViTPose patch padding "
+                        f"{VITPOSE_PATCH_PADDING} gives a {size[0]}x{size[1]} grid, not {grid_size[0]}x{grid_size[1]}")
+    proj.padding = (VITPOSE_PATCH_PADDING, VITPOSE_PATCH_PADDING)
+
+
 def _set_submodule(root: nn.Module, dotted: str, module: nn.Module) -> None:
     parent, _, leaf = dotted.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, leaf, module)
@@ -191,12 +287,22 @@ def _add_depth_channel(rgb_conv: nn.Conv2d) -> nn.Conv2d:
     return conv
 
 
-def build_backbone(backbone_cfg, image_size: tuple[int, int]) -> Backbone:
-    """Build from `model.backbone` (name, fusion, pretrained, checkpoint, drop_path, stem, stem_depth)
-    at `data.image_size`."""
+def build_backbone(backbone_cfg, image_size: tuple[int, int], log=print) -> Backbone:
+    """Build from `model.backbone` (name, fusion, pretrained, checkpoint, checkpoint_format, allow_partial,
+    drop_path, stem, stem_depth) at `data.image_size`.
+
+    The layout follows the checkpoint format: a ViTPose/HaMeR checkpoint (named, or detected from the
+    checkpoint's keys under 'auto') builds the `vitpose` layout; `checkpoint_format: vitpose` without a
+    checkpoint does too (to rebuild a model trained from one without the file). `log` gets the load report.
+    """
+    fmt, state = backbone_cfg.checkpoint_format, None
+    if backbone_cfg.checkpoint:
+        state = read_state_dict(backbone_cfg.checkpoint, CHECKPOINT_KEY)
+        fmt = resolve_format(state, fmt)
     backbone = Backbone(backbone_cfg.name, image_size, fusion=backbone_cfg.fusion,
                         pretrained=backbone_cfg.pretrained, drop_path=backbone_cfg.drop_path, stem=backbone_cfg.stem,
-                        stem_depth=backbone_cfg.stem_depth)
-    if backbone_cfg.checkpoint:
-        backbone.load_checkpoint(backbone_cfg.checkpoint)
+                        stem_depth=backbone_cfg.stem_depth, layout="vitpose" if fmt in ORIGINAL_VIT_FORMATS else "timm")
+    if state is not None:
+        report = backbone.load_state(state, backbone_cfg.checkpoint, fmt, backbone_cfg.allow_partial)
+        log(load_report(backbone_cfg.checkpoint, report))
     return backbone
