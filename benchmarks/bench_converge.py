@@ -10,7 +10,8 @@ untrained metrics are the ones the run itself measures before its first step.
 
 Prints one JSON object as its last line:
 {"steps", "wall_s", "sum": {"baseline": {...}, "final": {...}, "wall_s", "goal_met"}, "mean": {...}}.
-Goal (issue 8): refined mpjpe <= 0.5 x and refined pa_mpjpe <= 0.75 x the untrained model's.
+Goal (issues 8 and 15): refined mpjpe <= 0.5 x, refined and coarse pa_mpjpe <= 0.75 x the untrained
+model's, and refined pa_mpjpe <= 1.05 x coarse pa_mpjpe (the refiner does not hurt the shape).
 """
 from __future__ import annotations
 
@@ -51,10 +52,14 @@ def train_once(reduction: str, steps: int | None, config: str | None, overrides:
         raise SystemExit(f"{reduction} run failed (log: {out.parent / f'{out.name}.log'}):\n{proc.stderr[-2000:]}")
     baseline = headline(json.loads((out / "metrics_untrained.json").read_text()))
     final = headline(json.loads((out / "metrics.json").read_text()))
-    goal = final["mpjpe"] <= 0.5 * baseline["mpjpe"] and final["pa_mpjpe"] <= 0.75 * baseline["pa_mpjpe"]
+    goal = (final["mpjpe"] <= 0.5 * baseline["mpjpe"] and final["pa_mpjpe"] <= 0.75 * baseline["pa_mpjpe"]
+            and final["coarse_pa_mpjpe"] <= 0.75 * baseline["coarse_pa_mpjpe"]
+            and final["pa_mpjpe"] <= 1.05 * final["coarse_pa_mpjpe"])
     return {"baseline": baseline, "final": final, "wall_s": round(wall, 1),
             "mpjpe_ratio": round(final["mpjpe"] / baseline["mpjpe"], 4),
-            "pa_mpjpe_ratio": round(final["pa_mpjpe"] / baseline["pa_mpjpe"], 4), "goal_met": bool(goal)}
+            "pa_mpjpe_ratio": round(final["pa_mpjpe"] / baseline["pa_mpjpe"], 4),
+            "coarse_pa_mpjpe_ratio": round(final["coarse_pa_mpjpe"] / baseline["coarse_pa_mpjpe"], 4),
+            "refined_vs_coarse_pa": round(final["pa_mpjpe"] / final["coarse_pa_mpjpe"], 4), "goal_met": bool(goal)}
 
 
 def main() -> None:

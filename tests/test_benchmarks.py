@@ -64,3 +64,7 @@ def test_bench_step_and_converge(tmp_path, tiny_data):  # noqa: F811
         for stage in ("baseline", "final"):
             assert positive(part[stage]["mpjpe"], part[stage]["pa_mpjpe"])
         assert part["mpjpe_ratio"] == pytest.approx(part["final"]["mpjpe"] / part["baseline"]["mpjpe"], abs=1e-3)
+        final = part["final"]
+        assert part["refined_vs_coarse_pa"] == pytest.approx(final["pa_mpjpe"] / final["coarse_pa_mpjpe"], abs=1e-3)
+        assert part["coarse_pa_mpjpe_ratio"] == pytest.approx(
+            final["coarse_pa_mpjpe"] / part["baseline"]["coarse_pa_mpjpe"], abs=1e-3)

@@ -11,7 +11,7 @@ from losses import registry
 
 B = 3
 REDUCTIONS = ["sum", "mean", "batch_mean"]
-ALL_TERMS = ["keypoint_2d", "joint_3d", "vertex_3d", "mano_prior", "aux", "token_keypoint_2d"]
+ALL_TERMS = ["keypoint_2d", "joint_3d", "vertex_3d", "mano_prior", "aux", "token_keypoint_2d", "refine_offset"]
 
 
 def random_rotations(*shape, generator):

@@ -237,16 +237,23 @@ def guarded_run_dir(cfg: ExperimentConfig, resume: str, overwrite: bool, log=pri
     except BaseException:
         lock.release()
         if created:  # a refused start leaves no empty directory behind
-            (out / LOCK_NAME).unlink(missing_ok=True)
-            try:
-                out.rmdir()
-            except OSError:
-                pass
+            _remove_if_only_lock(out)
         raise
     try:
         yield resume_from
     finally:
         lock.release()
+        if created:  # a run that failed before writing anything (a bad checkpoint, say) leaves no directory
+            _remove_if_only_lock(out)
+
+
+def _remove_if_only_lock(run_dir: Path) -> None:
+    if [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:
+        (run_dir / LOCK_NAME).unlink(missing_ok=True)
+        try:
+            run_dir.rmdir()
+        except OSError:
+            pass
 
 
 def failure_reason(err: BaseException) -> str:
