@@ -168,6 +168,7 @@ MM_FACTOR_FILES = {  # the one place of each conversion: the whole file may use 
     "utnet/data/ho3d.py",          # MM_PER_M: HO3D annotations and depth -> mm (the reader)
     "utnet/engine/submission.py",  # MM_PER_M: back to metres for an HO3D submission
     "utnet/mano/standin.py",       # the stand-in is laid out in mm and stored in metres
+    "losses/units.py",             # MM_PER_M: a loss term's `unit: m` (the losses package never imports utnet)
 }
 MM_FACTOR_LINES = {  # (file, stripped line): a factor of 1000 that is no unit conversion
     ("utnet/mano/pose_prior.py", "if np.linalg.norm(shift) < 1e-3 * scale:"),  # tolerance relative to the finger length

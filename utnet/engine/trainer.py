@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from utnet.config import ExperimentConfig, config_to_yaml
+from utnet.engine import balance
 from utnet.engine import checkpoint as ckpt
 from utnet.engine.evaluator import evaluate
 from utnet.engine.signals import StopOnSignal, agree_max, ignore_in_worker
@@ -107,7 +108,7 @@ def eval_subset(dataset: Dataset, max_samples: int | None, log) -> Dataset:
 
 def make_accelerator(cfg: ExperimentConfig, output_dir: Path, log_with=None):
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, parse_choice_from_env
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, parse_choice_from_env
 
     # An accelerate launch config that asks for mixed precision (launch/4gpu.yaml: bf16) wins over
     # train.mixed_precision "no"; config.yaml then records what was used.
@@ -119,6 +120,7 @@ def make_accelerator(cfg: ExperimentConfig, output_dir: Path, log_with=None):
         mixed_precision=precision,
         gradient_accumulation_steps=cfg.train.grad_accum,
         log_with=log_with,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.train.find_unused_parameters)],
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir),
                                             automatic_checkpoint_naming=False),
     )
@@ -254,6 +256,8 @@ def _train_after_data(cfg: ExperimentConfig, accelerator, resume_from, say, stop
     progress = Progress(t.max_steps, state.step, main)
     last_metrics, stopped_on = None, 0
     debug_left = t.debug_batches
+    loss_balance = balance.LossBalance(loss_set, balance.every(t), say if main else None)
+    unused = balance.UnusedParameters(t.find_unused_parameters, say if main else None)
     model.train()
     while state.step < t.max_steps and not stopped_on:
         train_loader.set_epoch(state.epoch)  # reaches `sampler` through the prepared loader
@@ -266,11 +270,13 @@ def _train_after_data(cfg: ExperimentConfig, accelerator, resume_from, say, stop
                 pred = model(batch)
                 total, terms = loss_set(pred, batch)
                 bad_loss = torch.maximum(bad_loss, (~torch.isfinite(total.detach())).float())
+                loss_balance.measure(pred, batch, state.step + 1, accelerator.sync_gradients)
                 accelerator.backward(total)
+                unused.check(net)
                 state.batch_in_epoch += 1
                 if debug_left > 0:
                     debug_left -= 1
-                    say(data_statistics(t.debug_batches - debug_left, batch, pred))
+                    say(data_statistics(t.debug_batches - debug_left, batch, pred, net.focal_length))
                 if not accelerator.sync_gradients:
                     continue
 
@@ -307,6 +313,7 @@ def _train_after_data(cfg: ExperimentConfig, accelerator, resume_from, say, stop
                 progress.update(state.step, scalars["loss/total"], optimizer.param_groups[0]["lr"])
             else:
                 progress.update(state.step)
+            loss_balance.log(accelerator, state.step)
 
             if t.image_every and state.step % t.image_every == 0 and main:
                 log_image(accelerator, "images/train", training_panel(batch, pred, net), state.step)
