@@ -15,23 +15,25 @@ from utnet.errors import UserError
 HELP = ("train the experiment's model, loss and optimizer on K fixed train samples for N steps, score the same "
         "samples and print PASS (exit 0) or FAIL (exit 1): run it (and `utnet doctor`) before long runs")
 
-LOSS_RATIO = 0.2  # every weighted term must fall to at most this fraction of its first value
-PA_RATIO = 0.5    # and the refined train-set PA-MPJPE to at most this fraction of the untrained model's
+LOSS_RATIO = 0.3   # the total weighted loss must fall to at most this fraction of its first-step value
+MPJPE_RATIO = 0.5  # and the refined train-set MPJPE (root-aligned) to at most this fraction of the untrained model's
 
 RULE = f"""\
 What it does: the first K samples of the train split (no augmentation) form one fixed batch; the
 experiment's model, loss terms and optimizer (AdamW with optim.lr, lr_mult, weight decay, gradient
 clipping; warmup capped at N/10 steps, then a constant lr) train on it for N steps; the K samples are
-scored before and after. Under `accelerate launch` every process trains on the same K samples, so the
-verdict does not depend on the process count while DDP itself is exercised.
+scored (eval mode) before and after. Under `accelerate launch` every process trains on the same K
+samples, so the verdict does not depend on the process count while DDP itself is exercised.
 
-PASS rule: every loss term with weight > 0 ends at most {LOSS_RATIO:g}x its first-step value AND the refined
-train-set PA-MPJPE ends at most {PA_RATIO:g}x the untrained model's. Why: a model that can learn memorises a
-handful of samples; a term that does not fall is not reaching the weights (wrong unit or weight, a
-detached output, lr 0), and PA-MPJPE (scale, rotation and translation removed) falling says the hand's
-articulation is learnt rather than a term being satisfied by shrinking or crumpling the hand. A
-non-finite loss is a FAIL at once. The defaults are calibrated so that configs/synthetic.yaml passes
-with a clear margin in about 2 minutes on 2 CPU cores."""
+PASS rule: the total weighted loss ends at most {LOSS_RATIO:g}x its first-step value AND the refined
+train-set MPJPE (root-aligned, mm) ends at most {MPJPE_RATIO:g}x the untrained model's. Why: a model, loss
+and optimizer that can learn memorise a handful of samples quickly; a loss that does not fall means
+nothing reaches the weights (lr 0, a detached output, a broken term), and a loss that falls while the
+3D error does not means the terms do not constrain the hand (wrong units or weights). Each term's
+ratio and PA-MPJPE are printed but not required: terms compete (a prior towards the mean pose may
+rise while the fit improves), and PA-MPJPE (scale and rotation removed) moves slowly from the mean
+pose on the synthetic set. A non-finite loss is a FAIL at once. The defaults are calibrated so that
+configs/synthetic.yaml passes with a clear margin in under 3 minutes on 2 CPU cores."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,21 +131,24 @@ def overfit(cfg, accelerator, samples: int, steps: int, say) -> tuple[bool, str]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        last = {k: v.item() for k, v in logs.items()}
+        last = {"loss/total": total.item(), **{k: v.item() for k, v in logs.items()}}
         first = first or last
+        if step % max(1, steps // 5) == 0:
+            say(f"overfit: step {step}/{steps} loss {last['loss/total']:.4g} ({time.perf_counter() - start:.0f} s)")
     seconds = time.perf_counter() - start
     after = score(model, batch)
     say(f"overfit: {steps} steps in {seconds:.1f} s ({steps / seconds:.2f} steps/s)")
     say(report_table(loss_set, first, last, before, after))
-    return verdict(weighted, first, last, before, after)
+    return verdict(first, last, before, after)
 
 
 def report_table(loss_set, first: dict, last: dict, before: dict, after: dict) -> str:
     lines = [f"{'term':<20} {'weight':>8} {'first (weighted)':>17} {'last (weighted)':>16} {'last/first':>11}"]
-    for name, term in loss_set.terms.items():
+    weights = {name: f"{term.config.weight:>8.4g}" for name, term in loss_set.terms.items()}
+    for name in [*loss_set.terms, "total"]:
         a, b = first[f"loss/{name}"], last[f"loss/{name}"]
         shown = f"{b / a:>11.3f}" if a > 0 else f"{'-':>11}"
-        lines.append(f"{name:<20} {term.config.weight:>8.4g} {a:>17.6g} {b:>16.6g} {shown}")
+        lines.append(f"{name:<20} {weights.get(name, ''):>8} {a:>17.6g} {b:>16.6g} {shown}")
     lines.append(f"{'train samples (mm)':<20} {'before':>26} {'after':>16} {'after/before':>11}")
     for key in before:
         ratio = after[key] / before[key] if before[key] > 0 else float("nan")
@@ -151,20 +156,16 @@ def report_table(loss_set, first: dict, last: dict, before: dict, after: dict) -
     return "\n".join(lines)
 
 
-def verdict(weighted: list[str], first: dict, last: dict, before: dict, after: dict) -> tuple[bool, str]:
+def verdict(first: dict, last: dict, before: dict, after: dict) -> tuple[bool, str]:
     """(passed, reason) by the PASS rule of RULE."""
-    stuck = [f"{name} {last[f'loss/{name}'] / first[f'loss/{name}']:.2f}x" for name in weighted
-             if first[f"loss/{name}"] > 0 and last[f"loss/{name}"] > LOSS_RATIO * first[f"loss/{name}"]]
-    pa_ratio = after["refined/pa_mpjpe"] / before["refined/pa_mpjpe"]
-    problems = []
-    if stuck:
-        problems.append(f"loss terms not below {LOSS_RATIO:g}x their first value: {', '.join(stuck)}")
-    if not pa_ratio <= PA_RATIO:
-        problems.append(f"refined train-set PA-MPJPE {before['refined/pa_mpjpe']:.2f} -> "
-                        f"{after['refined/pa_mpjpe']:.2f} mm ({pa_ratio:.2f}x, needs <= {PA_RATIO:g}x)")
+    loss_ratio = last["loss/total"] / first["loss/total"] if first["loss/total"] > 0 else float("nan")
+    mpjpe_ratio = after["refined/mpjpe"] / before["refined/mpjpe"]
+    loss_text = (f"the total weighted loss {first['loss/total']:.4g} -> {last['loss/total']:.4g} ({loss_ratio:.2f}x, "
+                 f"needs <= {LOSS_RATIO:g}x)")
+    mpjpe_text = (f"the refined train-set MPJPE {before['refined/mpjpe']:.2f} -> {after['refined/mpjpe']:.2f} mm "
+                  f"({mpjpe_ratio:.2f}x, needs <= {MPJPE_RATIO:g}x)")
+    checks = ((loss_text, loss_ratio, LOSS_RATIO), (mpjpe_text, mpjpe_ratio, MPJPE_RATIO))
+    problems = [text for text, ratio, limit in checks if not ratio <= limit]
     if problems:
         return False, "this configuration does not fit its training samples: " + "; ".join(problems)
-    worst = max((last[f"loss/{n}"] / first[f"loss/{n}"] for n in weighted if first[f"loss/{n}"] > 0), default=0.0)
-    return True, (f"every weighted term fell to <= {worst:.2f}x its first value (needs <= {LOSS_RATIO:g}x) and the "
-                  f"refined train-set PA-MPJPE to {pa_ratio:.2f}x ({before['refined/pa_mpjpe']:.2f} -> "
-                  f"{after['refined/pa_mpjpe']:.2f} mm, needs <= {PA_RATIO:g}x)")
+    return True, f"{loss_text}; {mpjpe_text}"
