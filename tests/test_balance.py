@@ -183,3 +183,12 @@ def test_debug_block_warns_when_the_prediction_is_1000x_the_ground_truth():
     block = debug_block(scale=1000.0)
     warn = [line for line in block.splitlines() if "WARN" in line]
     assert len(warn) == 1 and "mm vs m" in warn[0] and "double scaling" in warn[0], block
+
+
+def test_bench_balance_prints_one_json_object(tmp_path, tiny_data):  # noqa: F811
+    from test_benchmarks import positive, run_bench
+
+    config = write_config(tmp_path, tiny_data)
+    r = run_bench("bench_balance.py", "--config", config, "--repeats", 1)
+    assert positive(r["plain_step_s"], r["measured_step_s"]) and r["every"] == 1 and r["terms_measured"] == 5
+    assert r["run_overhead_fraction"] == pytest.approx(r["measure_s"] / r["plain_step_s"], abs=2e-3)
