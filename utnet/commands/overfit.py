@@ -133,7 +133,7 @@ def overfit(cfg, accelerator, samples: int, steps: int, say) -> tuple[bool, str]
         optimizer.zero_grad(set_to_none=True)
         last = {"loss/total": total.item(), **{k: v.item() for k, v in logs.items()}}
         first = first or last
-        if step % max(1, steps // 5) == 0:
+        if step == 1 or step % max(1, steps // 5) == 0:
             say(f"overfit: step {step}/{steps} loss {last['loss/total']:.4g} ({time.perf_counter() - start:.0f} s)")
     seconds = time.perf_counter() - start
     after = score(model, batch)
