@@ -32,14 +32,16 @@ nothing reaches the weights (lr 0, a detached output, a broken term), and a loss
 3D error does not means the terms do not constrain the hand (wrong units or weights). Each term's
 ratio and PA-MPJPE are printed but not required: terms compete (a prior towards the mean pose may
 rise while the fit improves), and PA-MPJPE (scale and rotation removed) moves slowly from the mean
-pose on the synthetic set. A non-finite loss is a FAIL at once. 150 steps of the default experiment
-(batch 16, ~1.3-1.5 steps/s on 2 free CPU cores) take about 2 minutes."""
+pose on the synthetic set. A non-finite loss is a FAIL at once. Measured on configs/synthetic.yaml
+with the defaults (16 samples, 80 steps): total loss 0.07x, refined MPJPE 156.0 -> 36.7 mm (0.24x),
+PA-MPJPE 19.6 -> 12.2 mm; 80 steps of batch 16 at the default's ~1.3-1.5 steps/s on 2 free cores
+take about a minute; lr 0 leaves the loss at 1.00x."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--samples", type=int, default=16, metavar="K", help="train samples to fit (default 16)")
-    parser.add_argument("--steps", type=int, default=150, metavar="N", help="optimizer steps (default 150)")
+    parser.add_argument("--steps", type=int, default=80, metavar="N", help="optimizer steps (default 80)")
     parser.epilog = RULE
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
