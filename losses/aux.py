@@ -8,6 +8,7 @@ from pydantic import AfterValidator, Field, field_validator
 
 from losses.base import LossConfig, LossTerm
 from losses.registry import register_loss, registered_losses
+from losses.units import LengthUnit
 
 
 def _applicable_to_coarse(name: str) -> str:
@@ -27,6 +28,8 @@ def _applicable_to_coarse(name: str) -> str:
 class AuxLoss(LossTerm):
     """Supervises pred["coarse"] with the `elementwise` of each term in `terms`, each with that
     term's DEFAULT config (e.g. joint_3d: l1, root 0), and with aux's own weight and reduction.
+    aux's `unit` is passed on to every sub-term with a `unit` option (joint_3d, vertex_3d), so one
+    recipe in metres holds for the refined and the coarse output alike.
 
     Each sub-term is reduced on its own with aux's reduction and the results are summed:
     value = weight * sum_t reduce(error_t, weight_t). For `sum` and `batch_mean` that equals
@@ -40,6 +43,7 @@ class AuxLoss(LossTerm):
         terms: list[Annotated[str, AfterValidator(_applicable_to_coarse)]] = Field(
             ["joint_3d", "keypoint_2d"], min_length=1,
             description="registered terms applied to pred['coarse'] with their default configs")
+        unit: LengthUnit = Field("mm", description="length unit given to the sub-terms that have a `unit` option")
 
         @field_validator("terms")
         @classmethod
@@ -52,9 +56,13 @@ class AuxLoss(LossTerm):
         super().__init__(config, name)
         known = registered_losses()
         self.subterms = torch.nn.ModuleDict(
-            {term: known[term](None, name=f"{self.name}[{term}]") for term in self.config.terms})
+            {term: known[term](self._sub_config(known[term]), name=f"{self.name}[{term}]") for term in self.config.terms})
         for sub in self.subterms.values():
             sub.pred_label = "pred['coarse']"
+
+    def _sub_config(self, plugin) -> dict:
+        """A sub-term's options: its defaults, with aux's unit where the term has one."""
+        return {"unit": self.config.unit} if "unit" in plugin.Config.model_fields else {}
 
     def parts(self, pred, batch):
         coarse = self.from_pred(pred, "coarse")

@@ -1,8 +1,26 @@
-"""The one metres <-> millimetres factor of the code base: mm = m * MM_PER_M, m = mm / MM_PER_M.
+"""The one metres <-> millimetres factor of the code base (mm = m * MM_PER_M, m = mm / MM_PER_M), and the
+length units of the 3D loss terms.
 
 It lives in `losses` because `losses` never imports `utnet` while `utnet` imports `losses`: here both
 can import it. Every conversion imports it from here; no other module writes the factor out
-(tests/test_geometry.py checks that).
+(tests/test_geometry.py checks that). The framework's 3D quantities are millimetres; a recipe written
+for metres (HaMeR's 3D keypoint loss compares smplx's metre outputs) keeps its weights when a term
+converts its error to metres with `from_mm`.
 """
+from __future__ import annotations
 
+from typing import Literal
+
+import torch
+
+LengthUnit = Literal["mm", "m"]
 MM_PER_M = 1000.0
+
+
+def from_mm(length_mm: torch.Tensor, unit: str) -> torch.Tensor:
+    """A length (or difference of lengths) in mm, expressed in `unit` ("mm" returns it unchanged)."""
+    if unit == "mm":
+        return length_mm
+    if unit == "m":
+        return length_mm / MM_PER_M
+    raise ValueError(f"unknown length unit {unit!r} (mm or m)")

@@ -169,6 +169,7 @@ MM_CONVERSION_FILES = {  # the one place of each conversion
     "utnet/data/ho3d.py",          # HO3D annotations and depth -> mm (the reader)
     "utnet/engine/submission.py",  # back to metres for an HO3D submission
     "utnet/mano/standin/model.py", # the stand-in is laid out in mm and stored in metres like MANO
+    "losses/units.py",             # a loss term's `unit: m` (from_mm)
 }
 MM_FACTOR_LINES = {  # (file, stripped line): a factor of 1000 that is no unit conversion, or not yet the constant
     ("utnet/mano/pose_prior.py", "if np.linalg.norm(shift) < 1e-3 * scale:"),  # tolerance relative to the finger length

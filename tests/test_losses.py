@@ -279,8 +279,8 @@ def test_check_loss_config_reports_every_problem_with_its_dotted_path():
     valid = {"joint_3d": {}, "j2": {"type": "joint_3d", "root_index": 9}}
     assert losses.check_loss_config(valid, []) == []
     assert losses.resolve_loss_config(valid) == {
-        "joint_3d": {"weight": 1.0, "reduction": "mean", "loss_type": "l1", "root_index": 0},
-        "j2": {"type": "joint_3d", "weight": 1.0, "reduction": "mean", "loss_type": "l1", "root_index": 9}}
+        "joint_3d": {"weight": 1.0, "reduction": "mean", "loss_type": "l1", "root_index": 0, "unit": "mm"},
+        "j2": {"type": "joint_3d", "weight": 1.0, "reduction": "mean", "loss_type": "l1", "root_index": 9, "unit": "mm"}}
     with pytest.raises(losses.LossConfigError, match=r"loss\.foo: unknown loss term 'foo'"):
         losses.LossSet.from_config({"foo": {}})
 
@@ -443,3 +443,74 @@ def test_cli_reports_loss_plugins_that_fail_to_import(cli, tmp_path):
     assert len(problems) == 2
     assert "not_a_module_anywhere" in problems[0]
     assert "losses.joint_3d" in problems[1] and "clash_losses" in problems[1]
+
+
+# ------------------------------------------------------------------------------------ units and recipes
+def test_unit_m_divides_the_3d_errors_by_1000_and_aux_passes_it_on():
+    pred, batch = make_inputs()
+    for name in ("joint_3d", "vertex_3d"):
+        mm = term(name, reduction="sum")(pred, batch)[1].item()
+        assert term(name, reduction="sum", unit="m")(pred, batch)[1].item() == pytest.approx(mm / 1000, rel=1e-5)
+    mse_mm = term("joint_3d", loss_type="mse", reduction="sum")(pred, batch)[1].item()
+    mse_m = term("joint_3d", loss_type="mse", reduction="sum", unit="m")(pred, batch)[1].item()
+    assert mse_m == pytest.approx(mse_mm / 1e6, rel=1e-5)
+    aux = term("aux", reduction="sum", unit="m", terms=["joint_3d", "vertex_3d", "keypoint_2d"])
+    coarse_mm = {t: term(t, reduction="sum")(pred["coarse"], batch)[1].item() for t in aux.config.terms}
+    expected = coarse_mm["joint_3d"] / 1000 + coarse_mm["vertex_3d"] / 1000 + coarse_mm["keypoint_2d"]
+    assert aux(pred, batch)[1].item() == pytest.approx(expected, rel=1e-5)
+    problems = losses.check_loss_config({"joint_3d": {"unit": "cm"}, "aux": {"unit": "metres"}}, [])
+    assert [p[0] for p in problems] == ["loss.joint_3d.unit", "loss.aux.unit"]
+
+
+def known_error_batch(batch_size=4):
+    """Ground truth and a prediction with known errors: 10 mm on every coordinate of the 20 non-root
+    joints (and of every vertex), 0.02 crop units on every 2D coordinate, 0.1 on every rotation-matrix
+    entry and 0.3 on every beta."""
+    pred, batch = make_inputs(seed=1, batch_size=batch_size)
+    batch["joints_3d_valid"] = torch.ones(batch_size, 21)
+    batch["keypoints_2d_valid"] = torch.ones(batch_size, 21)
+    batch["has_mano"] = torch.ones(batch_size)
+    error_mm = torch.full((batch_size, 21, 3), 10.0)
+    error_mm[:, 0] = 0.0  # the root: centring leaves a 10 mm error on every other joint
+    rotmats = batch["mano_rotmats"] + 0.1
+    for out in (pred, pred["coarse"]):
+        out["joints_3d"] = batch["joints_3d"] + error_mm
+        out["verts_3d"] = batch["verts_3d"] + 10.0
+        out["keypoints_2d"] = batch["keypoints_2d"] + 0.02
+    pred["coarse"].update(global_orient=rotmats[:, :1], hand_pose=rotmats[:, 1:], betas=batch["mano_betas"] + 0.3)
+    return pred, batch
+
+
+def hamer_terms_in_metres(pred, batch) -> dict[str, float]:
+    """HaMeR's weighted training terms, written from its loss definitions: plain sums over the batch of
+    L1 on root-centred 3D keypoints in METRES (0.05), L1 on 2D keypoints in [-0.5, 0.5] crop units
+    (0.01), and squared errors on the rotation matrices (global_orient, hand_pose 0.001) and betas (0.0005)."""
+    p, g = pred["joints_3d"] / 1000.0, batch["joints_3d"] / 1000.0
+    keypoints_3d = ((p - p[:, :1]) - (g - g[:, :1])).abs().sum()
+    keypoints_2d = (pred["keypoints_2d"] - batch["keypoints_2d"]).abs().sum()
+    c, rotmats = pred["coarse"], batch["mano_rotmats"]
+    return {"joint_3d": 0.05 * keypoints_3d.item(), "keypoint_2d": 0.01 * keypoints_2d.item(),
+            "mano_prior": 0.001 * (c["global_orient"] - rotmats[:, :1]).square().sum().item()
+                          + 0.001 * (c["hand_pose"] - rotmats[:, 1:]).square().sum().item()
+                          + 0.0005 * (c["betas"] - batch["mano_betas"]).square().sum().item()}
+
+
+@pytest.mark.parametrize("config", ["ho3d_v2.yaml", "ho3d_v3.yaml"])
+def test_ho3d_configs_keep_hamers_balance_in_metres(config):
+    """The HO3D recipes carry HaMeR's weights, which assume metres: each term's weighted value relative
+    to keypoint_2d matches HaMeR's within 10% (with millimetres joint_3d was 1000x too strong)."""
+    from utnet.config import REPO_ROOT, load_config
+
+    cfg = load_config(REPO_ROOT / "configs" / config)
+    loss_set = losses.LossSet.from_config(cfg.loss)
+    pred, batch = known_error_batch()
+    _, logs = loss_set(pred, batch)
+    ours = {name: logs[f"loss/{name}"].item() for name in loss_set.terms}
+    hamer = hamer_terms_in_metres(pred, batch)
+    for name in ("joint_3d", "mano_prior"):
+        ratio, hamer_ratio = ours[name] / ours["keypoint_2d"], hamer[name] / hamer["keypoint_2d"]
+        assert ratio == pytest.approx(hamer_ratio, rel=0.1), (name, ratio, hamer_ratio)
+    assert hamer["joint_3d"] / hamer["keypoint_2d"] == pytest.approx(3.57, rel=0.01)  # the issue's figure
+    # the terms HaMeR does not have stay within an order of magnitude of its 3D keypoint term
+    for name in ("vertex_3d", "aux"):
+        assert 0.1 < ours[name] / ours["joint_3d"] < 10, (name, ours)

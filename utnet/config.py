@@ -125,7 +125,7 @@ class LrMultConfig(_Section):
 
 
 class OptimConfig(_Section):
-    lr: float = Field(3e-4, gt=0, le=1, description="AdamW base learning rate.")
+    lr: float = Field(3e-4, ge=0, le=1, description="AdamW base learning rate (0 freezes the weights: `utnet overfit` must then FAIL).")
     weight_decay: float = Field(1e-4, ge=0, le=1)
     betas: tuple[_Beta, _Beta] = Field((0.9, 0.999), description="AdamW's moment decay rates, each in [0, 1).")
     lr_mult: LrMultConfig = Field(default_factory=LrMultConfig, description="Per parameter group multipliers of lr.")
@@ -154,6 +154,8 @@ class TrainConfig(_Section):
     debug_batches: int = Field(3, ge=0, description="First batches for which the data-statistics block is printed.")
     max_nonfinite_steps: int = Field(20, ge=1, description="Consecutive skipped non-finite steps before the run stops.")
     best_metric: str = Field("refined/pa_mpjpe", description="Validation metric whose lowest value selects best/: <refined|coarse>/<mpjpe|pa_mpjpe|mpvpe|pa_mpvpe>.")
+    loss_balance_every: Optional[int] = Field(None, ge=0, description="Optimizer steps between measurements of each weighted loss term's share of the gradient on the backbone's output tokens (tensorboard grad_share/<term>; a `loss balance` table at the first step; warnings under 1% or over 95%); null: train.log_every; 0: never.")
+    find_unused_parameters: bool = Field(False, description="Passed to DDP (accelerate's DistributedDataParallelKwargs): needed when some trainable parameters get no gradient, which the first step reports.")
 
     @field_validator("best_metric")
     @classmethod

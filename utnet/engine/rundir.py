@@ -139,11 +139,10 @@ def _leaves(tree, prefix: str = "") -> dict:
 
 def _effective_tree(cfg: ExperimentConfig) -> dict:
     """The config as the trainer will record it in config.yaml (the launcher's mixed precision applied)."""
-    from accelerate.utils import parse_choice_from_env
+    from utnet.engine.setup import mixed_precision
 
     tree = cfg.model_dump(mode="json")
-    if tree["train"]["mixed_precision"] == "no":
-        tree["train"]["mixed_precision"] = parse_choice_from_env("ACCELERATE_MIXED_PRECISION", "no")
+    tree["train"]["mixed_precision"] = mixed_precision(cfg)
     return tree
 
 

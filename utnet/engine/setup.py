@@ -16,20 +16,26 @@ from utnet.engine.signals import ignore_in_worker
 from utnet.errors import UserError
 
 
+def mixed_precision(cfg: ExperimentConfig) -> str:
+    """The precision a run uses: an accelerate launch config that asks for mixed precision (launch/4gpu.yaml:
+    bf16) wins over train.mixed_precision "no"; config.yaml records this value."""
+    from accelerate.utils import parse_choice_from_env
+
+    launcher = parse_choice_from_env("ACCELERATE_MIXED_PRECISION", "no")
+    return launcher if cfg.train.mixed_precision == "no" else cfg.train.mixed_precision
+
+
 def make_accelerator(cfg: ExperimentConfig, output_dir: Path, log_with=None):
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, parse_choice_from_env
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
-    # An accelerate launch config that asks for mixed precision (launch/4gpu.yaml: bf16) wins over
-    # train.mixed_precision "no"; config.yaml then records what was used.
-    precision = cfg.train.mixed_precision
-    launcher = parse_choice_from_env("ACCELERATE_MIXED_PRECISION", "no")
-    if precision == "no" and launcher != "no":
-        cfg.train.mixed_precision = precision = launcher
+    cfg.train.mixed_precision = precision = mixed_precision(cfg)
     return Accelerator(
         mixed_precision=precision,
         gradient_accumulation_steps=cfg.train.grad_accum,
         log_with=log_with,
+        # a model with parameters outside the graph stops DDP at its second step unless told (train.find_unused_parameters)
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.train.find_unused_parameters)],
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir),
                                             automatic_checkpoint_naming=False),
     )

@@ -1,6 +1,7 @@
 """What a run reports: tensorboard through accelerate's trackers, progress on stdout, data statistics.
 
 Tensorboard tags: loss/<term>, loss_raw/<term>, loss/total, grad_norm, lr/<group>, nonfinite_steps,
+grad_share/<term> (utnet.engine.balance),
 metrics/<split>/<refined|coarse>/<metric>, and images under images/<split>. Hyperparameters go in as
 one flat dict of dotted keys (init_trackers rejects nested ones).
 """
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from utnet.config import ExperimentConfig, flatten_config
+from utnet.joints import CANONICAL_NAMES, ROOT_INDEX
 
 TRACKER_RUN_NAME = "tensorboard"  # events land in <output_dir>/tensorboard/
 
@@ -124,11 +126,23 @@ def _mean_std(x: torch.Tensor) -> str:
     return f"mean ({mean}) std ({std})"
 
 
-def data_statistics(index: int, batch: dict, pred: dict) -> str:
+SPAN_JOINT = CANONICAL_NAMES.index("middle4")  # hand span: wrist -> middle fingertip
+SPAN_RATIO_RANGE = (0.5, 2.0)  # predicted / GT span outside it: a scale bug, not a pose error
+
+
+def hand_span_mm(joints_mm: torch.Tensor) -> float:
+    """Mean wrist -> middle fingertip distance of joints [B,21,3] mm (canonical order)."""
+    return (joints_mm[:, SPAN_JOINT] - joints_mm[:, ROOT_INDEX]).float().norm(dim=-1).mean().item()
+
+
+def data_statistics(index: int, batch: dict, pred: dict, focal_length: float | None = None) -> str:
     """The data-statistics block for one batch: input ranges, GT and predicted 3D joint statistics (mm).
 
     Catches the classic mistakes at once: un-normalised images, empty depth, joints in metres,
     root-centred or absolute joints mixed up, predictions on a different scale than the ground truth.
+    Prediction and ground truth are compared root-centred (as the losses and metrics compare them):
+    the predicted absolute depth comes from the weak-perspective camera and sits metres away, so it
+    gets a line of its own. A predicted / GT hand span outside SPAN_RATIO_RANGE adds a WARN line.
     """
     rgb, depth = batch["rgb"].float(), batch["depth"].float()
     gt = batch["joints_3d"].float()
@@ -137,13 +151,26 @@ def data_statistics(index: int, batch: dict, pred: dict) -> str:
     depth_valid = depth[valid]
     depth_text = (f"[{depth_valid.min().item():.3f}, {depth_valid.max().item():.3f}] "
                   f"({valid.float().mean().item() * 100:.1f}% measured)" if depth_valid.numel() else "no measurement")
-    return "\n".join([
+    span_gt, span_pr = hand_span_mm(gt), hand_span_mm(pr)
+    ratio = span_pr / span_gt if span_gt > 0 else float("inf")
+    camera = f"f = {focal_length:g} px" if focal_length is not None else "the model's focal length"
+    lines = [
         f"data statistics, batch {index} ({rgb.shape[0]} samples, {tuple(rgb.shape[-2:])} crops):",
         f"  RGB range [{rgb.min().item():.3f}, {rgb.max().item():.3f}] (ImageNet-normalised)",
         f"  depth range {depth_text}",
-        f"  GT 3D joints mm: {_mean_std(gt)}",
-        f"  predicted 3D joints mm: {_mean_std(pr)}",
-        f"  GT root mm: {_mean_std(gt[:, 0])}",
-        f"  GT root-centred joints mm: {_mean_std(gt - gt[:, :1])}",
-        f"  predicted root-centred joints mm: {_mean_std(pr - pr[:, :1])}",
-    ])
+        f"  GT 3D joints mm (absolute, camera frame): {_mean_std(gt)}",
+        f"  GT root mm: {_mean_std(gt[:, ROOT_INDEX])}",
+        "  root-centred joints, per axis (x, y, z), as losses and metrics compare them:",
+        f"    GT root-centred joints mm:        {_mean_std(gt - gt[:, ROOT_INDEX:ROOT_INDEX + 1])}",
+        f"    predicted root-centred joints mm: {_mean_std(pr - pr[:, ROOT_INDEX:ROOT_INDEX + 1])}",
+        f"  hand span wrist -> middle tip mm: GT {span_gt:.1f}, predicted {span_pr:.1f} (ratio {ratio:.2f})",
+        f"  predicted camera depth (root z) mm: mean {pr[:, ROOT_INDEX, 2].mean().item():.1f}, from the "
+        f"weak-perspective camera ({camera}: z = 2 f / (crop size x s)); not comparable with the GT root "
+        f"depth, losses and metrics root-align",
+    ]
+    low, high = SPAN_RATIO_RANGE
+    if not low <= ratio <= high:
+        lines.append(f"  WARN predicted / GT hand span {ratio:.3g} is outside [{low:g}, {high:g}]: likely a unit "
+                     f"mix-up (mm vs m: 1000x) or a double scaling (a factor applied twice), in the data reader, "
+                     f"the MANO output or a loss plugin")
+    return "\n".join(lines)

@@ -20,6 +20,7 @@ import torch
 
 from utnet.config import ExperimentConfig, config_to_yaml
 from utnet.data.sampling import epoch_seed
+from utnet.engine import balance
 from utnet.engine import checkpoint as ckpt
 from utnet.engine.evaluator import evaluate, report_skipped
 from utnet.engine.setup import build_optimizer, eval_subset, make_accelerator, make_eval_loader, make_train_loader
@@ -157,6 +158,8 @@ def _train_after_data(cfg: ExperimentConfig, accelerator, resume_from, say, stop
         """Steps left to take, and no stop signal agreed on."""
         return state.step < t.max_steps and not agreed.signal
 
+    loss_balance = balance.LossBalance(loss_set, balance.every(t), say if main else None)
+    unused = balance.UnusedParameters(t.find_unused_parameters, say if main else None)
     model.train()
     while running():
         # one epoch, or the rest of it when resuming mid-epoch
@@ -169,13 +172,15 @@ def _train_after_data(cfg: ExperimentConfig, accelerator, resume_from, say, stop
                 add_mano_targets(batch, mano)
                 pred = model(batch)
                 total, terms = loss_set(pred, batch)
+                loss_balance.measure(pred, batch, state.step + 1, accelerator.sync_gradients)
                 accelerator.backward(total)
+                unused.check(net)
             state.batch_in_epoch += 1
             # kept on the device: reading it here would wait for every micro-batch's backward
             loss_nonfinite = torch.maximum(loss_nonfinite, (~torch.isfinite(total.detach())).float())
             if debug_left > 0:
                 debug_left -= 1
-                say(data_statistics(t.debug_batches - debug_left, batch, pred))
+                say(data_statistics(t.debug_batches - debug_left, batch, pred, net.focal_length))
 
             if accelerator.sync_gradients:
                 # ---- the optimizer step boundary: every rank reaches it together
@@ -200,6 +205,7 @@ def _train_after_data(cfg: ExperimentConfig, accelerator, resume_from, say, stop
                     progress.update(state.step, scalars["loss/total"], optimizer.param_groups[0]["lr"])
                 else:
                     progress.update(state.step)
+                loss_balance.log(accelerator, state.step)
                 if t.image_every and state.step % t.image_every == 0 and main:
                     log_image(accelerator, "images/train", training_panel(batch, pred, net), state.step)
                 if (t.eval_every and state.step % t.eval_every == 0) or state.step == t.max_steps:

@@ -20,7 +20,9 @@ class UTNet(nn.Module):
       coarse: joints_3d, verts_3d, keypoints_2d, global_orient [B,1,3,3], hand_pose [B,15,3,3],
       betas [B,10], cam [B,3] (s 1/mm, tx mm, ty mm; camera.py);
       token_keypoints_2d [B,21,2] (crop units, relative to the wrist), only with `token_keypoints`: a linear regressor on the
-      mean-pooled backbone tokens, an auxiliary output for the `token_keypoint_2d` loss term.
+      mean-pooled backbone tokens, an auxiliary output for the `token_keypoint_2d` loss term;
+      tokens [B,N,D]: the backbone's output tokens, which every output depends on (the loss-balance
+      report measures each term's gradient on them).
     The absolute joints_3d/verts_3d are in the MODEL's crop camera (OpenCV axes; K =
     camera.crop_intrinsics(focal_length, image_size), not the sample's cam_intrinsics), and
     keypoints_2d is their projection through it. Only keypoints_2d and root-relative 3D are
@@ -49,6 +51,7 @@ class UTNet(nn.Module):
             pred = self._mesh(params, fmap.float())
         if self.token_keypoints is not None:
             pred["token_keypoints_2d"] = self.token_keypoints(tokens.mean(dim=1)).float().unflatten(-1, (-1, 2))
+        pred["tokens"] = tokens
         return pred
 
     def _mesh(self, params: dict, fmap: torch.Tensor) -> dict:
