@@ -35,7 +35,7 @@ def main() -> None:
     from utnet.data import build_dataset, ensure_dataset
     from utnet.engine import balance
     from utnet.engine.targets import add_mano_targets
-    from utnet.engine.trainer import build_optimizer
+    from utnet.engine.setup import build_optimizer
     from utnet.model import build_model
 
     cfg = load_config(args.config, args.overrides)

@@ -149,7 +149,7 @@ def test_the_default_model_reports_no_parameter_without_gradient_and_an_unused_m
 
 
 def test_find_unused_parameters_reaches_ddp():
-    from utnet.engine.trainer import make_accelerator
+    from utnet.engine.setup import make_accelerator
 
     cfg = load_config(None, ["train.find_unused_parameters=true"])
     accelerator = make_accelerator(cfg, cfg.output_dir)

@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from utnet.engine.trainer import make_accelerator
+    from utnet.engine.setup import make_accelerator
 
     cfg = config_from_args(args)
     if args.samples < 1:
@@ -104,7 +104,7 @@ def overfit(cfg, accelerator, samples: int, steps: int, say) -> tuple[bool, str]
 
     import losses
     from utnet.engine.targets import add_mano_targets
-    from utnet.engine.trainer import build_optimizer
+    from utnet.engine.setup import build_optimizer
     from utnet.model import build_model
 
     batch = fixed_batch(cfg, samples, accelerator.device, say)
