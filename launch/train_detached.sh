@@ -37,6 +37,12 @@ done
 if [ -n "$launch_config" ] && [ ! -f "$launch_config" ]; then
   echo "train_detached.sh: --launch-config $launch_config: no such file" >&2; exit 2
 fi
+for arg in "$@"; do  # every relaunch passes the same options: --overwrite would move the run aside each time
+  if [ "$arg" = "--overwrite" ]; then
+    echo "train_detached.sh: --overwrite is refused here (each relaunch would move the run aside again); move $output_dir yourself or choose another --output-dir" >&2
+    exit 2
+  fi
+done
 mkdir -p "$output_dir"
 log="$output_dir/train.log"
 

@@ -263,3 +263,13 @@ def test_a_stop_during_the_relaunch_delay_is_not_relaunched(tmp_path):
     out = wait_until_done(run, supervisor, timeout=30)  # at once, not after the delay
     assert "stop requested during the relaunch delay: not relaunched" in out, out
     assert len(LAUNCH_LINE.findall(out)) == 1, out
+
+
+def test_overwrite_is_refused_before_anything_is_written(tmp_path):
+    """Every relaunch repeats the utnet options: an --overwrite there would move the run aside each time."""
+    run = tmp_path / "run"
+    proc = subprocess.run([str(SCRIPT), "--output-dir", str(run), "--", "--overwrite"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "--overwrite is refused" in proc.stderr and proc.stderr.count("\n") == 1
+    assert not run.exists()
