@@ -30,21 +30,11 @@ def main() -> None:
     import torch
     from torch.utils.data import default_collate
 
-    import losses
-    from utnet.config import load_config
-    from utnet.data import build_dataset, ensure_dataset
+    from _experiment import build_experiment
     from utnet.engine import balance
     from utnet.engine.targets import add_mano_targets
-    from utnet.engine.setup import build_optimizer
-    from utnet.model import build_model
 
-    cfg = load_config(args.config, args.overrides)
-    ensure_dataset(cfg, log=lambda *a: None)
-    torch.manual_seed(cfg.seed)
-    dataset = build_dataset(cfg, "train")
-    model = build_model(cfg)
-    loss_set = losses.LossSet.from_config(cfg.loss, cfg.loss_plugins)
-    optimizer, _ = build_optimizer(cfg, model, num_processes=1)
+    cfg, dataset, model, loss_set, optimizer, _ = build_experiment(args.config, args.overrides)
     batch = add_mano_targets(default_collate([dataset[i] for i in range(cfg.data.batch_size)]), model.mano)
     model.train()
 

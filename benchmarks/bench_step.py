@@ -32,20 +32,10 @@ def plain_loop(config: str | None, overrides: list[str]) -> dict:
     """The plain PyTorch loop (run in its own process); returns the logged steps' times."""
     import torch
 
-    import losses
-    from utnet.config import load_config
-    from utnet.data import build_dataset, ensure_dataset
+    from _experiment import build_experiment
     from utnet.engine.targets import add_mano_targets
-    from utnet.engine.setup import build_optimizer
-    from utnet.model import build_model
 
-    cfg = load_config(config, overrides)
-    ensure_dataset(cfg, log=lambda *a: None)
-    torch.manual_seed(cfg.seed)
-    dataset = build_dataset(cfg, "train")
-    model = build_model(cfg)
-    loss_set = losses.LossSet.from_config(cfg.loss, cfg.loss_plugins)
-    optimizer, scheduler = build_optimizer(cfg, model, num_processes=1)
+    cfg, dataset, model, loss_set, optimizer, scheduler = build_experiment(config, overrides)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True,
                                          num_workers=cfg.data.num_workers)
     step, times = 0, {}
