@@ -290,7 +290,9 @@ def test_resume_mid_epoch_is_exact(trained_run, tmp_path):
     proc = run_cli("train", "--config", config, "--output-dir", tmp_path / "resumed",
                    "--resume", run / "checkpoints" / "step_00000004")
     ok(proc)
-    assert "epoch 1, batch 1" in proc.stdout and "WARNING" not in proc.stdout
+    assert "epoch 1, batch 1" in proc.stdout
+    # no resume warning (changed batch size or process count); the loss-balance report may warn about shares
+    assert not [line for line in proc.stdout.splitlines() if "WARNING" in line and not line.startswith("loss balance")]
     diff = max_diff(weights(run / "checkpoints" / "step_00000006"), weights(tmp_path / "resumed" / "checkpoints" /
                                                                              "step_00000006"))
     assert diff <= 1e-6, diff
@@ -383,8 +385,10 @@ NAN_PLUGIN = textwrap.dedent('''
 def test_nonfinite_steps_are_skipped_then_the_run_stops(tiny_data, tmp_path):
     (tmp_path / "nan_plugin_for_test.py").write_text(NAN_PLUGIN)
     loss = dict(TINY["loss"], nan_on_calls={"weight": 1.0, "calls": [3, 5, 6]})
+    # The plugin counts its calls, and the loss-balance measurement calls every term once more on its steps.
     config = write_config(tmp_path, tiny_data, loss_plugins=["nan_plugin_for_test"], loss=loss,
-                          train={"max_steps": 8, "max_nonfinite_steps": 2, "eval_every": 0, "image_every": 0})
+                          train={"max_steps": 8, "max_nonfinite_steps": 2, "eval_every": 0, "image_every": 0,
+                                 "loss_balance_every": 0})
     proc = run_cli("train", "--config", config, env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"})
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "step 3: non-finite loss or gradient norm on some rank: step skipped (1 in a row, 1 in total)" in proc.stdout

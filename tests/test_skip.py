@@ -114,8 +114,10 @@ def test_two_processes_drop_the_same_frames_and_score_each_readable_one_once(ski
     m2, xyz2 = check_evaluation_outputs(tmp / "eval2", two.stdout, "2 processes")
     m1 = json.loads((one / "metrics.json").read_text())
     xyz1, _ = load_ho3d_prediction(one / "pred.zip")
-    np.testing.assert_allclose(xyz2, xyz1, atol=2e-6)
+    # float32 forward passes over other batch shapes differ by micrometres (6 um seen); samples lie centimetres
+    # apart, so 0.1 mm still tells each entry's own prediction from any other's
+    np.testing.assert_allclose(xyz2, xyz1, rtol=0, atol=1e-4)
     for output in ("refined", "coarse"):
         for name, value in m1[output].items():
             if value is not None:
-                assert m2[output][name] == pytest.approx(value, rel=1e-5, abs=1e-6), (output, name)
+                assert m2[output][name] == pytest.approx(value, rel=5e-5, abs=1e-6), (output, name)

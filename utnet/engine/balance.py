@@ -9,6 +9,7 @@ curve says: the classic symptom of weights copied from a recipe in other units.
 start with `loss balance`) and every `train.loss_balance_every` steps (tensorboard `grad_share/<term>`),
 on the main process only, on the micro-batch that completes the optimizer step. It costs one partial
 backward per term (down to the tokens, not through the backbone) on those steps and nothing otherwise.
+On those steps every weighted term is evaluated once more (a plugin that counts its calls sees it).
 
 `parameters_without_gradient`: trainable parameters whose .grad is still None after a backward (not in
 the loss's graph; a zero gradient is in it). Under DDP on several processes such a model stops with
