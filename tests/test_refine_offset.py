@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import losses
-from tests.test_losses import REDUCTIONS, leaves, make_inputs, term
+from test_losses import REDUCTIONS, leaves, make_inputs, term
 
 
 def test_refine_offset_by_hand_for_each_reduction_and_loss_type():
