@@ -179,7 +179,7 @@ def test_resume_resolution_ignores_partial_checkpoints(tmp_path):
 def test_skipped_step_updates_the_fp16_grad_scaler():
     """Under fp16 accelerator.clip_grad_norm_ has unscaled the gradients before the step is judged; a
     skipped step must still update() the GradScaler, or the next unscale_ raises and the scale never drops.
-    The step boundary below is the training loop's, with a plain optimizer."""
+    (That a skipped step leaves weights and schedule alone is checked through the CLI below.)"""
     from types import SimpleNamespace
 
     from utnet.engine.checkpoint import TrainState
@@ -188,28 +188,19 @@ def test_skipped_step_updates_the_fp16_grad_scaler():
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 / (s + 1))
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
     accelerator = SimpleNamespace(scaler=scaler)  # skip_step reads accelerator.scaler only
-    state, before = TrainState(), [p.detach().clone() for p in model.parameters()]
-    for poison in (float("nan"), float("inf"), 1.0):
+    state = TrainState()
+    for poison in (float("nan"), float("inf")):
         scaler.scale(model(torch.ones(2, 3)).sum() * poison).backward()
         scaler.unscale_(optimizer)  # what accelerator.clip_grad_norm_ does under fp16
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        if not torch.isfinite(norm).item():
-            skip_step(accelerator, state)
-        else:
-            optimizer.step()
-            scheduler.step()
-            state.nonfinite_in_row = 0
+        skip_step(accelerator, state)
         optimizer.zero_grad(set_to_none=True)
-        if poison != 1.0:
-            assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
-            assert all(p.grad is None for p in model.parameters())
     assert scaler.get_scale() == 2.0**14  # halved by each of the two skipped steps
-    assert (state.nonfinite_total, state.nonfinite_in_row) == (2, 0)
-    assert scheduler.last_epoch == 1  # only the finite step moved the schedule
-    assert not all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert (state.nonfinite_total, state.nonfinite_in_row) == (2, 2)
+    scaler.scale(model(torch.ones(2, 3)).sum()).backward()
+    scaler.unscale_(optimizer)  # raises "unscale_() has already been called" without the update
+    scaler.step(optimizer)
 
 
 def test_the_step_agreement_names_a_non_finite_loss_or_norm_and_the_signal():
