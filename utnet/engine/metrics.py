@@ -78,7 +78,7 @@ def scale_translation_errors(pred_j: torch.Tensor, gt_j: torch.Tensor, j_valid: 
         return _squared_norm(j[:, bone_end] - j[:, root_index]).sqrt()[:, None, None]
 
     pred_bone, gt_bone = bone(pred_j), bone(gt_j)
-    scaled = torch.where(pred_bone > 0, pred_j / pred_bone.clamp(min=1e-300), pred_j) * gt_bone
+    scaled = torch.where(pred_bone > 0, pred_j / pred_bone.clamp(min=1e-300) * gt_bone, pred_j)  # 0-length bone: unscaled
     aligned = scaled - scaled[:, root_index:root_index + 1] + gt_j[:, root_index:root_index + 1]
     valid = j_valid & (j_valid[:, root_index] & j_valid[:, bone_end])[:, None]
     return {"joints_st_err_mm": torch.where(valid, _squared_norm(aligned - gt_j).sqrt(), math.nan),
