@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from losses import debug
 
@@ -30,6 +30,29 @@ class LossConfig(BaseModel):
         description="sum: over every element; batch_mean: sum / batch size; "
                     "mean: sum / total weight of the elements (0 when nothing has weight)",
     )
+    ramp: Optional[tuple[int, int]] = Field(
+        None,
+        description="[start, end] optimizer steps: the weight is 0 before `start` and grows linearly to "
+                    "`weight` at `end` (null: the full weight from the first step)",
+    )
+
+    @field_validator("ramp")
+    @classmethod
+    def _ramp_in_order(cls, ramp):
+        if ramp is not None and not 0 <= ramp[0] <= ramp[1]:
+            raise ValueError(f"needs 0 <= start <= end (got {list(ramp)})")
+        return ramp
+
+
+def ramp_factor(ramp: tuple[int, int] | None, step: int) -> float:
+    """The share of a term's weight in force after `step` optimizer steps: 0 before ramp[0], 1 from
+    ramp[1] on, linear in between; 1 without a ramp."""
+    if ramp is None:
+        return 1.0
+    start, end = ramp
+    if step >= end:
+        return 1.0
+    return 0.0 if step < start else (step - start) / (end - start)
 
 
 class LossInputError(KeyError):
@@ -104,11 +127,17 @@ class LossTerm(torch.nn.Module):
         self.config = config
         self.name = name or self.plugin_name or type(self).__name__
         self.pred_label = "pred"  # how messages name the prediction dict (aux: pred['coarse'])
+        self.step = 0  # optimizer steps taken so far, for the `ramp` (LossSet.set_step keeps it current)
         self._debug_calls = 0
 
     def elementwise(self, pred: Mapping, batch: Mapping) -> tuple[torch.Tensor, torch.Tensor]:
         """(error, weight): tensors broadcastable to one shape whose first dimension is the batch."""
         raise NotImplementedError(f"{type(self).__name__} must implement elementwise(pred, batch)")
+
+    @property
+    def weight(self) -> float:
+        """The weight in force at `self.step`: config.weight times the ramp's factor."""
+        return self.config.weight * ramp_factor(self.config.ramp, self.step)
 
     def parts(self, pred: Mapping, batch: Mapping) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
         """(label, error, weight) triples, each reduced on its own and then summed.
@@ -118,7 +147,7 @@ class LossTerm(torch.nn.Module):
         return [(self.name, *self.elementwise(pred, batch))]
 
     def forward(self, pred: Mapping, batch: Mapping) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Returns (weight * reduced error, reduced error, stats); stats are detached 0-d tensors:
+        """Returns (self.weight * reduced error, reduced error, stats); stats are detached 0-d tensors:
         `weight_sum`, `error_mean` (weighted), `error_max` (over elements with weight > 0), prefixed
         with `<part>/` when the term has several parts."""
         debugging = self._debug_calls < debug.DEBUG_CALLS and debug.enabled()
@@ -134,7 +163,7 @@ class LossTerm(torch.nn.Module):
             prefix = f"{label}/" if len(parts) > 1 else ""
             stats.update({prefix + k: v for k, v in _part_stats(error, weight).items()})
         raw = raws[0] if len(raws) == 1 else torch.stack(raws).sum()
-        value = self.config.weight * raw
+        value = self.weight * raw
         if debugging:
             self._debug_calls += 1
             self._print_debug(notes, parts, raws, raw, value, stats)
@@ -165,14 +194,14 @@ class LossTerm(torch.nn.Module):
 
     def _print_debug(self, notes, parts, raws, raw, value, stats) -> None:
         lines = [f"[UTNET_DEBUG_LOSS] term '{self.name}' ({self.plugin_name}) call {self._debug_calls}/"
-                 f"{debug.DEBUG_CALLS}, reduction {self.config.reduction}, weight {self.config.weight:g}"]
+                 f"{debug.DEBUG_CALLS}, reduction {self.config.reduction}, weight {self.weight:g}"]
         lines += notes
         for (label, _, _), part_raw in zip(parts, raws):
             prefix = f"{label}/" if len(parts) > 1 else ""
             lines.append(f"  {label}: weight sum {stats[prefix + 'weight_sum'].item():.6g}, "
                          f"error mean {stats[prefix + 'error_mean'].item():.6g} "
                          f"max {stats[prefix + 'error_max'].item():.6g}, reduced {part_raw.item():.6g}")
-        lines.append(f"  value: reduced {raw.item():.6g} x weight {self.config.weight:g} = {value.item():.6g}")
+        lines.append(f"  value: reduced {raw.item():.6g} x weight {self.weight:g} = {value.item():.6g}")
         debug.emit(lines)
 
 

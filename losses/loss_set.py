@@ -28,6 +28,11 @@ class LossSet(torch.nn.Module):
         return cls({name: plugin(config, name=name)
                     for name, (plugin, config) in validated_terms(mapping, plugin_modules).items()})
 
+    def set_step(self, step: int) -> None:
+        """Tell every term how many optimizer steps have been taken (the weight `ramp` reads it)."""
+        for term in self.terms.values():
+            term.step = int(step)
+
     def forward(self, pred: Mapping, batch: Mapping) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         total, logs = None, {}
         for name, term in self.terms.items():

@@ -425,7 +425,8 @@ def test_cli_plugins_lists_builtins_and_loss_plugins_modules(cli, tmp_path):
     assert fields["loss_type"]["default"] == "l1" and fields["root_index"]["default"] == 0
     assert {f["name"]: f for f in terms["aux"]["fields"]}["terms"]["default"] == ["joint_3d", "keypoint_2d"]
     assert {f["name"] for f in terms["mano_prior"]["fields"]} == {
-        "weight", "reduction", "global_orient", "hand_pose", "betas", "betas_regularizer"}
+        "weight", "reduction", "ramp", "global_orient", "hand_pose", "betas", "betas_regularizer"}
+    assert fields["ramp"]["default"] is None
     text = cli("plugins")
     assert text.returncode == 0, text.stderr
     for name in ALL_TERMS:

@@ -40,13 +40,13 @@ def gradient_shares(loss_set, pred: dict, batch: dict, tokens: torch.Tensor) -> 
     """
     rows = {}
     for name, term in loss_set.terms.items():
-        if term.config.weight <= 0:
+        if term.weight <= 0:
             continue
         value = term(pred, batch)[0]
         grad = None
         if value.requires_grad:
             (grad,) = torch.autograd.grad(value, tokens, retain_graph=True, allow_unused=True)
-        rows[name] = {"weight": term.config.weight, "reduction": term.config.reduction, "value": value.item(),
+        rows[name] = {"weight": term.weight, "reduction": term.config.reduction, "value": value.item(),
                       "grad_norm": 0.0 if grad is None else grad.detach().float().norm().item()}
     total = sum(row["grad_norm"] for row in rows.values())
     for row in rows.values():

@@ -170,6 +170,7 @@ def _train_after_data(cfg: ExperimentConfig, accelerator, resume_from, say, stop
         for batch in batches:
             with accelerator.accumulate(model):
                 add_mano_targets(batch, mano)
+                loss_set.set_step(state.step)  # per-term weight ramps follow the optimizer step
                 pred = model(batch)
                 total, terms = loss_set(pred, batch)
                 loss_balance.measure(pred, batch, state.step + 1, accelerator.sync_gradients)
