@@ -279,8 +279,9 @@ def test_check_loss_config_reports_every_problem_with_its_dotted_path():
     valid = {"joint_3d": {}, "j2": {"type": "joint_3d", "root_index": 9}}
     assert losses.check_loss_config(valid, []) == []
     assert losses.resolve_loss_config(valid) == {
-        "joint_3d": {"weight": 1.0, "reduction": "mean", "loss_type": "l1", "root_index": 0, "unit": "mm"},
-        "j2": {"type": "joint_3d", "weight": 1.0, "reduction": "mean", "loss_type": "l1", "root_index": 9, "unit": "mm"}}
+        "joint_3d": {"weight": 1.0, "reduction": "mean", "ramp": None, "loss_type": "l1", "root_index": 0, "unit": "mm"},
+        "j2": {"type": "joint_3d", "weight": 1.0, "reduction": "mean", "ramp": None, "loss_type": "l1", "root_index": 9,
+               "unit": "mm"}}
     with pytest.raises(losses.LossConfigError, match=r"loss\.foo: unknown loss term 'foo'"):
         losses.LossSet.from_config({"foo": {}})
 
