@@ -25,6 +25,7 @@ def test_overfit_passes_on_a_configuration_that_learns(tiny_data, tmp_path):  # 
     assert verdict.startswith("PASS: the total weighted loss"), verdict
     rows = table(proc.stdout)
     assert "the first 4 of 14 train samples" in proc.stdout
+    assert "ramps" not in proc.stdout  # no term has one
     first, last = float(rows["total"][0]), float(rows["total"][1])
     assert last <= 0.3 * first, rows["total"]
     before, after = (float(x) for x in rows["refined/mpjpe"][:2])
@@ -42,6 +43,17 @@ def test_overfit_fails_with_lr_0_and_says_why(tiny_data, tmp_path):  # noqa: F81
     verdict = proc.stdout.strip().splitlines()[-1]
     assert verdict.startswith("FAIL: this configuration does not fit its training samples: the total weighted loss"), verdict
     assert "(1.00x, needs <= 0.3x)" in verdict and "MPJPE" in verdict
+
+
+def test_overfit_trains_every_term_at_its_full_weight_past_its_ramp(tiny_data, tmp_path):  # noqa: F811
+    """A ramp that starts after the run would leave joint_3d at weight 0 for every step; overfit skips ramps."""
+    config = write_config(tmp_path, tiny_data)
+    proc = run_cli("overfit", "--config", config, "--samples", "4", "--steps", "2",
+                   "--set", "loss.joint_3d.weight=0.1", "--set", "loss.joint_3d.ramp=[1000, 2000]")
+    assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "loss weights past their ramps" in proc.stdout
+    weight, first = (float(x) for x in table(proc.stdout)["joint_3d"][:2])
+    assert weight == 0.1 and first > 0
 
 
 def test_overfit_help_states_the_pass_rule(cli):

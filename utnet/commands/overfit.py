@@ -115,15 +115,15 @@ def overfit(cfg, accelerator, samples: int, steps: int, say) -> tuple[bool, str]
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     add_mano_targets(batch, accelerator.unwrap_model(model).mano)
     # every term at its full weight, past any `ramp` (the lr schedule is replaced by a constant too)
-    loss_set.set_step(max((term.config.ramp or (0, 0))[1] for term in loss_set.terms.values()))
+    ramp_ends = [term.config.ramp[1] for term in loss_set.terms.values() if term.config.ramp]
+    loss_set.set_step(max(ramp_ends, default=0))
     weighted = [name for name, term in loss_set.terms.items() if term.config.weight > 0]
     if not weighted:
         return False, "no loss term has weight > 0: nothing trains the model"
     clip = cfg.optim.clip_grad_norm if cfg.optim.clip_grad_norm > 0 else math.inf
     before = score(model, batch)
     say(f"overfit: {steps} steps on {samples} samples, {accelerator.num_processes} process(es), lr {cfg.optim.lr:g} "
-        f"(warmup {cfg.optim.warmup_steps} steps, then constant; loss weights "
-        f"past their ramps)")
+        f"(warmup {cfg.optim.warmup_steps} steps, then constant{'; loss weights past their ramps' if ramp_ends else ''})")
     first = last = None
     start = time.perf_counter()
     model.train()
