@@ -56,14 +56,17 @@ if [ "$supervise" -eq 0 ]; then
 fi
 
 echo $$ > "$output_dir/supervisor.pid"
-child=""
-stop_requested=0
+child="" sleeper="" pending="" stop_requested=0
+# Bash runs a trap between two commands, so a signal can land anywhere in the loop below: before the
+# child's pid is known (`pending` is forwarded once it is), or just before a `wait` that would then
+# sleep out the whole relaunch delay (the handler ends the sleeper itself).
 forward() {  # a signal to the supervisor: pass it on, and do not relaunch afterwards
   stop_requested=1
   local sig="$1"
   # accelerate launch may not forward SIGUSR1 (see above); SIGTERM means the same to the workers
   if [ -n "$launch_config" ] && [ "$sig" = USR1 ]; then sig=TERM; fi
-  [ -n "$child" ] && kill -"$sig" "$child" 2>/dev/null || true
+  if [ -n "$child" ]; then kill -"$sig" "$child" 2>/dev/null || true; else pending="$sig"; fi
+  if [ -n "$sleeper" ]; then kill "$sleeper" 2>/dev/null || true; fi
 }
 for sig in TERM INT HUP USR1; do trap "forward $sig" "$sig"; done
 
@@ -80,11 +83,16 @@ else
 fi
 
 restarts=0
+code=0
 while true; do
+  if [ "$stop_requested" -eq 1 ]; then
+    echo "[train_detached] stop requested before the launch: not launched"; break
+  fi
   rm -f "$output_dir/run_state.json"  # the status read below must be this launch's, not a stale one
   echo "[train_detached $(date -u +%FT%TZ)] ${cmd[*]} --output-dir $output_dir --resume auto $*"
   "${cmd[@]}" --output-dir "$output_dir" --resume auto "$@" &
   child=$!
+  if [ -n "$pending" ]; then kill -"$pending" "$child" 2>/dev/null || true; pending=""; fi
   set +e
   wait "$child"; code=$?
   while kill -0 "$child" 2>/dev/null; do wait "$child"; code=$?; done  # wait returns early on a trapped signal
@@ -106,8 +114,11 @@ while true; do
     echo "[train_detached] $max_restarts restarts reached: giving up"; code=1; break
   fi
   sleep "$relaunch_delay" & sleeper=$!
-  wait "$sleeper" || true  # a trapped signal ends the wait at once
+  # a signal during the wait ends it at once (the handler also kills the sleeper); one that came
+  # before the sleeper's pid was known is seen here
+  if [ "$stop_requested" -eq 0 ]; then wait "$sleeper" || true; fi
   kill "$sleeper" 2>/dev/null || true
+  sleeper=""
   if [ "$stop_requested" -eq 1 ]; then
     echo "[train_detached] stop requested during the relaunch delay: not relaunched"; break
   fi

@@ -247,18 +247,23 @@ def test_launch_config_sets_the_launcher_up_and_forwards_sigusr1_as_sigterm(tmp_
     assert "exit code 1, run status 'stopped_on_signal'" in out, out
 
 
-def test_a_stop_during_the_relaunch_delay_is_not_relaunched(tmp_path):
+@pytest.mark.parametrize("attempt", range(4))
+def test_a_stop_during_the_relaunch_delay_is_not_relaunched(tmp_path, attempt):
+    """The stop is sent the moment the supervisor logs the pre-emption, i.e. while it is between that
+    line and the wait for its relaunch delay: a signal landing before the `wait` used to be noticed only
+    after the whole delay (7 hangs in 10 tries). Four attempts make a regression show up every run."""
     run = tmp_path / "run"
     start(run, tmp_path / "any.yaml", "--launch-config", "launch/cpu_2proc.yaml", "--relaunch-delay", "60",
           env=fake_accelerate(tmp_path))
     supervisor = supervisor_of(run)
     log = run / "train.log"
     wait_for(lambda: text(run / "launcher.json"), "the launcher", timeout=30, log=log)
-    launcher = children(supervisor)
+    launcher = wait_for(lambda: children(supervisor), "the launcher's pid", timeout=30, log=log)
     assert len(launcher) == 1, launcher
     os.kill(launcher[0], signal.SIGUSR1)  # the run is pre-empted: saves, and would be relaunched in 60 s
-    wait_for(lambda: "run status 'stopped_on_signal'" in text(log), "the supervisor to see the stop",
-             timeout=30, log=log)
+    deadline = time.monotonic() + 30
+    while "run status 'stopped_on_signal'" not in text(log):  # no sleep: signal within microseconds
+        assert time.monotonic() < deadline, f"the supervisor did not see the stop\n{text(log)}"
     os.kill(supervisor, signal.SIGTERM)
     out = wait_until_done(run, supervisor, timeout=30)  # at once, not after the delay
     assert "stop requested during the relaunch delay: not relaunched" in out, out
