@@ -489,14 +489,14 @@ def test_tiny_model_overfits_one_batch_of_four_synthetic_samples(tmp_path):
     history = []
     for _ in range(150):
         total, _ = loss_set(model(batch), batch)
+        history.append(total.item())
+        if history[-1] <= 0.1 * history[0]:  # reached (after ~30 steps): more steps would only cost time
+            break
         optimizer.zero_grad()
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
         optimizer.step()
-        history.append(total.item())
-    with torch.no_grad():
-        final = loss_set(model(batch), batch)[0].item()
-    assert final <= 0.1 * history[0], (history[0], history[::15], final)
+    assert history[-1] <= 0.1 * history[0], (history[0], history[::15], len(history))
 
 
 def test_mesh_stays_float32_under_bf16_autocast(tiny_model):
