@@ -439,7 +439,8 @@ def test_mesh_mm_is_the_only_metres_to_mm_conversion(monkeypatch):
                                             "model.head.ief_iters=2", "model.head.init_pose=identity",
                                             "model.refiner.coarse_vertices=778"),
                                        ("model.backbone.stem=conv", "model.backbone.stem_depth=2", "model.token_keypoints=true",
-                                        "loss.token_keypoint_2d={weight: 1.0}")])
+                                        "loss.token_keypoint_2d={weight: 1.0}"),
+                                       ("model.head.hand_pose=pca", "model.head.pca_components=6")])
 def test_every_parameter_gets_a_gradient_from_the_loss_set(overrides):
     """Through the configured loss set every parameter (backbone, head, refiner) is trained.
 
@@ -497,6 +498,38 @@ def test_tiny_model_overfits_one_batch_of_four_synthetic_samples(tmp_path):
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
         optimizer.step()
     assert history[-1] <= 0.1 * history[0], (history[0], history[::15], len(history))
+
+
+def test_pca_hand_pose_is_the_mano_files_pose_space():
+    """`model.head.hand_pose: pca`: the head regresses K coefficients c; the hand pose is MANO's
+    hands_mean + (c * hands_std[:K]) @ hands_components[:K] (axis-angle per joint), the same space the
+    synthetic poses are drawn from. Checked against an independent numpy Rodrigues."""
+    from utnet.geometry import axis_angle_to_matrix_np
+
+    k = 6
+    cfg = _config("data.image_size=[64, 48]", "model.head.hand_pose=pca", f"model.head.pca_components={k}")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    head = model.head
+    assert head.out.out_features == 6 + k + 10 + 3  # root 6D, k coefficients, betas, camera
+    assert not any("pose_basis" in name or "pose_origin" in name for name in model.state_dict())  # no MANO arrays
+    coefficients = np.array([1.5, -0.7, 0.3, 0.0, 2.0, -1.0])
+    with torch.no_grad():
+        head.out.weight.zero_()
+        head.out.bias.zero_()
+        head.out.bias[6:6 + k] = torch.as_tensor(coefficients, dtype=torch.float32)
+    images = {"rgb": torch.zeros(2, 3, 64, 48), "depth": torch.zeros(2, 1, 64, 48)}
+    with torch.no_grad():
+        pose = model(images)["coarse"]["hand_pose"]
+    mano = model.mano
+    expected_aa = mano.hands_mean + (coefficients * mano.hands_std[:k]) @ mano.hands_components[:k]
+    expected = axis_angle_to_matrix_np(expected_aa.reshape(15, 3))
+    assert pose.shape == (2, 15, 3, 3)
+    np.testing.assert_allclose(pose[0].numpy(), expected, atol=1e-5)  # float32 rotations
+    np.testing.assert_allclose(pose[1].numpy(), expected, atol=1e-5)
+
+    with pytest.raises(UserError, match="model.head.hand_pose: pca needs model.head.init_pose: mean"):
+        build_model(_config("data.image_size=[64, 48]", "model.head.hand_pose=pca", "model.head.init_pose=identity"))
 
 
 def test_mesh_stays_float32_under_bf16_autocast(tiny_model):

@@ -97,6 +97,8 @@ class HeadConfig(_Section):
     query: Literal["learned", "zero"] = Field("zero", description="The single query token: learned, or zero (HaMeR).")
     ief_iters: int = Field(1, ge=1, description="Iterative error feedback steps of the parameter regressor.")
     init_pose: Literal["identity", "mean"] = Field("mean", description="Initial hand pose: identity rotations or the MANO file's hands_mean.")
+    hand_pose: Literal["rot6d", "pca"] = Field("rot6d", description="How the head outputs the 15 hand-joint rotations: each in 6D (HaMeR), or as coefficients of the MANO file's pose PCA around hands_mean (needs init_pose: mean).")
+    pca_components: int = Field(45, ge=1, le=45, description="With hand_pose: pca, the leading PCA components the head regresses (45 = every pose MANO can take).")
 
 
 class RefinerConfig(_Section):

@@ -2,7 +2,8 @@
 
 It regresses 16 rotations (6D, Gram-Schmidt), 10 betas and HaMeR's weak-perspective camera
 (s, tx, ty), each as an offset added to an initial value (docs/hamer_recipe.md), optionally over
-several iterative-error-feedback steps (`ief_iters`).
+several iterative-error-feedback steps (`ief_iters`). With `model.head.hand_pose: pca` the 15 hand
+joints are instead K coefficients of the MANO file's pose PCA (root still 6D).
 """
 from __future__ import annotations
 
@@ -13,9 +14,8 @@ from utnet.errors import UserError
 from utnet.geometry import axis_angle_to_matrix, matrix_to_rot6d, rot6d_to_matrix
 from utnet.model.camera import TYPICAL_HAND_MM
 
-NUM_ROTATIONS = 16  # global orientation + 15 hand joints
+NUM_HAND_JOINTS = 15  # the hand pose's rotations; the root (global orientation) comes first
 NUM_BETAS = 10
-STATE_DIM = NUM_ROTATIONS * 6 + NUM_BETAS + 3
 
 
 class CrossAttentionLayer(nn.Module):
@@ -44,37 +44,55 @@ class ManoHead(nn.Module):
 
     The query token is zero (HaMeR) or a learned vector, plus an embedding of the current
     estimate (that is what makes the `ief_iters` steps differ). Each step adds the output layer's
-    result to the estimate. The estimate is kept as: 16 x 6D rotations; betas; a normalised camera
+    result to the estimate. The estimate is kept as: the root rotation in 6D; the hand pose as 15 x 6D
+    rotations, or as K pose-PCA coefficients when `pose_basis` is given; betas; a normalised camera
     c = (c_s, c_x, c_y) decoded as s = init_scale * exp(c_s) (1/mm, always positive),
     tx = c_x * TYPICAL_HAND_MM, ty = c_y * TYPICAL_HAND_MM (mm), so that every output is O(1).
 
     Args:
         init_scale: initial camera s (1/mm; camera.initial_scale(data.bbox_expand)).
         init_hand_pose_aa: [45] axis-angle initial hand pose (tensor or array; MANO's hands_mean),
-            or None for identity.
+            or None for identity. With `pose_basis` it is the origin of the coefficients (required).
+        pose_basis: None, or [K, 45]: the axis-angle change per unit coefficient (the file's PCA
+            components scaled by their spread, so that coefficients are O(1)); hand pose (axis-angle)
+            = init_hand_pose_aa + coefficients @ pose_basis.
     """
 
     def __init__(self, token_dim: int, dim: int, depth: int, heads: int, mlp_ratio: float, *, init_scale: float,
-                 query: str = "zero", ief_iters: int = 1, init_hand_pose_aa=None):
+                 query: str = "zero", ief_iters: int = 1, init_hand_pose_aa=None, pose_basis=None):
         super().__init__()
         if dim % heads:
             raise UserError(f"model.head.heads: {heads} heads do not divide model.head.dim {dim}")
+        if pose_basis is not None and init_hand_pose_aa is None:
+            raise UserError("model.head.hand_pose: pca needs model.head.init_pose: mean (the PCA's origin)")
+        self.pca = pose_basis is not None
+        self.pose_dim = int(pose_basis.shape[0]) if self.pca else NUM_HAND_JOINTS * 6
+        state_dim = 6 + self.pose_dim + NUM_BETAS + 3
         self.context = nn.Sequential(nn.Linear(token_dim, dim), nn.LayerNorm(dim))
         self.layers = nn.ModuleList(CrossAttentionLayer(dim, heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.query = nn.Parameter(torch.randn(1, 1, dim) * 0.02) if query == "learned" else None
-        self.state_embed = nn.Linear(STATE_DIM, dim)
-        self.out = nn.Linear(dim, STATE_DIM)
+        self.state_embed = nn.Linear(state_dim, dim)
+        self.out = nn.Linear(dim, state_dim)
         # HaMeR's small output init: the first prediction is the initial value, gradients still flow.
         nn.init.xavier_uniform_(self.out.weight, gain=0.01)
         nn.init.zeros_(self.out.bias)
         self.ief_iters = ief_iters
         self.init_scale = float(init_scale)
 
-        eye = torch.eye(3).expand(NUM_ROTATIONS, 3, 3).clone()
-        if init_hand_pose_aa is not None:
-            eye[1:] = axis_angle_to_matrix(torch.as_tensor(init_hand_pose_aa, dtype=torch.float32).reshape(15, 3))
-        init_state = torch.cat([matrix_to_rot6d(eye).reshape(-1), torch.zeros(NUM_BETAS + 3)])
+        root = matrix_to_rot6d(torch.eye(3)).reshape(6)
+        if not self.pca:
+            hand = torch.eye(3).expand(NUM_HAND_JOINTS, 3, 3).clone()
+            if init_hand_pose_aa is not None:
+                hand = axis_angle_to_matrix(torch.as_tensor(init_hand_pose_aa, dtype=torch.float32).reshape(15, 3))
+            hand = matrix_to_rot6d(hand).reshape(-1)
+        else:
+            hand = torch.zeros(self.pose_dim)  # coefficient 0 = the origin (hands_mean)
+            # Not persistent, like the MANO layer's buffers: a checkpoint carries no MANO arrays.
+            self.register_buffer("pose_origin_aa", torch.as_tensor(init_hand_pose_aa, dtype=torch.float32).reshape(45),
+                                 persistent=False)
+            self.register_buffer("pose_basis", torch.as_tensor(pose_basis, dtype=torch.float32), persistent=False)
+        init_state = torch.cat([root, hand, torch.zeros(NUM_BETAS + 3)])
         self.register_buffer("init_state", init_state, persistent=False)
 
     def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -90,8 +108,13 @@ class ManoHead(nn.Module):
             for layer in self.layers:
                 query = layer(query, context)
             state = state + self.out(self.norm(query[:, 0]))
-        rotmats = rot6d_to_matrix(state[:, :NUM_ROTATIONS * 6].reshape(B, NUM_ROTATIONS, 6))
-        betas = state[:, NUM_ROTATIONS * 6:NUM_ROTATIONS * 6 + NUM_BETAS]
-        c_s, c_x, c_y = state[:, -3:].unbind(-1)
+        root, hand, betas, c_cam = state.split([6, self.pose_dim, NUM_BETAS, 3], dim=1)
+        global_orient = rot6d_to_matrix(root.reshape(B, 1, 6))
+        if self.pca:
+            hand_aa = self.pose_origin_aa + hand @ self.pose_basis
+            hand_pose = axis_angle_to_matrix(hand_aa.reshape(B, NUM_HAND_JOINTS, 3))
+        else:
+            hand_pose = rot6d_to_matrix(hand.reshape(B, NUM_HAND_JOINTS, 6))
+        c_s, c_x, c_y = c_cam.unbind(-1)
         cam = torch.stack([self.init_scale * torch.exp(c_s), c_x * TYPICAL_HAND_MM, c_y * TYPICAL_HAND_MM], dim=-1)
-        return {"global_orient": rotmats[:, :1], "hand_pose": rotmats[:, 1:], "betas": betas, "cam": cam}
+        return {"global_orient": global_orient, "hand_pose": hand_pose, "betas": betas, "cam": cam}

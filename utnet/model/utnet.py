@@ -94,9 +94,13 @@ def build_model(cfg) -> UTNet:
         p.requires_grad_(False)
     backbone = build_backbone(cfg.model.backbone, image_size)
     h = cfg.model.head
+    pose_basis = None
+    if h.hand_pose == "pca":  # unit coefficient = one standard deviation of that component
+        k = h.pca_components
+        pose_basis = mano.hands_std[:k, None] * mano.hands_components[:k]
     head = ManoHead(backbone.embed_dim, h.dim, h.depth, h.heads, h.mlp_ratio,
                     init_scale=initial_scale(cfg.data.bbox_expand), query=h.query, ief_iters=h.ief_iters,
-                    init_hand_pose_aa=mano.hands_mean if h.init_pose == "mean" else None)
+                    init_hand_pose_aa=mano.hands_mean if h.init_pose == "mean" else None, pose_basis=pose_basis)
     refiner = None
     if cfg.model.refiner.enabled:
         r = cfg.model.refiner
