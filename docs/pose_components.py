@@ -36,12 +36,10 @@ def main() -> None:
     print("variance carried by the first 1 / 3 / 6 components:",
           " / ".join(f"{variance[:k].sum() / variance.sum():.0%}" for k in (1, 3, 6)))
     poses = sample_natural_hand_pose(layer, np.random.default_rng(0), args.poses)
-    coefficients = (poses - layer.hands_mean) @ np.linalg.pinv(layer.hands_components)
+    coefficients = layer.pose_to_pca(poses)
     truth = joints_mm(layer, poses)
     for k in (0, 1, 2, 3, 6, 10, 45):
-        kept = coefficients.copy()
-        kept[:, k:] = 0
-        pred = joints_mm(layer, layer.hands_mean + kept @ layer.hands_components)
+        pred = joints_mm(layer, layer.pose_from_pca(coefficients[:, :k]))
         pa_mm = (procrustes_align(pred, truth) - truth).norm(dim=-1).mean().item()
         print(f"first {k:2d} components: PA-MPJPE {pa_mm:5.2f} mm")
 

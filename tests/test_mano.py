@@ -265,6 +265,21 @@ def test_pose_prior_basis_and_samples(layer):
     assert (curl < 0.2).mean() > 0.1 and (curl > 0.9).mean() > 0.1
 
 
+def test_pose_pca_map_round_trips_and_matches_its_basis(layer):
+    """The layer's pose-PCA map (used by the synthetic sampler, the PCA head and docs/pose_components.py):
+    written out here from the file's arrays, inverted exactly, and its basis gives the same poses."""
+    z = np.random.default_rng(1).standard_normal((32, 45))
+    by_hand = layer.hands_mean + np.einsum("nk,k,kd->nd", z, layer.hands_std, layer.hands_components)
+    assert np.allclose(layer.pose_from_pca(z), by_hand, rtol=0, atol=1e-12)
+    assert np.allclose(layer.pose_to_pca(layer.pose_from_pca(z)), z, rtol=0, atol=1e-9)
+    for k in (1, 3, 45):  # the first k components; the rest at 0 (the prior's mean)
+        truncated = np.concatenate([z[:, :k], np.zeros((32, 45 - k))], axis=1)
+        assert np.allclose(layer.pose_from_pca(z[:, :k]), layer.pose_from_pca(truncated), rtol=0, atol=1e-12)
+        assert np.allclose(layer.hands_mean + z[:, :k] @ layer.pose_pca_basis(k), layer.pose_from_pca(z[:, :k]),
+                           rtol=0, atol=1e-12)
+    assert np.array_equal(layer.pose_from_pca(np.zeros(45)), layer.hands_mean)
+
+
 # ------------------------------------------------------------------------------- official files
 class _FakeCh:
     """Pickles like chumpy.ch.Ch: the class is looked up by name, the value lives in the state's 'x'."""

@@ -127,6 +127,24 @@ class ManoLayer(nn.Module):
         self.hands_std = _pose_std(data)
         self.joint_frames = joint_frames(joints_rest, palm_normal)
 
+    # ------------------------------------------------------------------ pose PCA
+    # The one place for the map between MANO's pose-PCA coefficients and the axis-angle hand pose. A
+    # coefficient's unit is one standard deviation of its component (hands_std), so z ~ N(0, 1) is the
+    # pose prior; hands_mean is the origin.
+    def pose_pca_basis(self, k: int = 45) -> np.ndarray:
+        """[k, 45] float64: the axis-angle hand-pose change per unit of each of the first k coefficients
+        (pose = hands_mean + z @ basis; the same map as `pose_from_pca`)."""
+        return self.hands_std[:k, None] * self.hands_components[:k]
+
+    def pose_from_pca(self, z: np.ndarray) -> np.ndarray:
+        """Coefficients [..., k] (k <= 45: the first k components) -> axis-angle hand pose [..., 45]."""
+        k = np.shape(z)[-1]
+        return self.hands_mean + (z * self.hands_std[:k]) @ self.hands_components[:k]
+
+    def pose_to_pca(self, pose_aa: np.ndarray) -> np.ndarray:
+        """Axis-angle hand pose [..., 45] -> its 45 coefficients (the inverse of `pose_from_pca`)."""
+        return (pose_aa - self.hands_mean) @ np.linalg.pinv(self.hands_components) / self.hands_std
+
     def _buffer(self, name, tensor):
         # Not persistent: checkpoints of a model holding this layer never carry MANO's arrays (they are
         # licence-restricted, and a checkpoint must not swap the model file the config names).

@@ -207,10 +207,10 @@ def sample_natural_hand_pose(layer, rng: np.random.Generator, n: int) -> np.ndar
     carry their own scale).
 
     Args:
-        layer: a ManoLayer (reads hands_mean, hands_components, hands_std, joint_frames).
+        layer: a ManoLayer (its pose-PCA map `pose_from_pca` and joint_frames).
         rng: numpy Generator; the only source of randomness.
         n: number of poses.
     """
     z = rng.standard_normal((int(n), 45))
-    pose = layer.hands_mean[None] + (z * layer.hands_std[None]) @ layer.hands_components
+    pose = layer.pose_from_pca(z)
     return clip_to_joint_limits(layer.joint_frames, pose)

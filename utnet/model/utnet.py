@@ -96,8 +96,7 @@ def build_model(cfg) -> UTNet:
     h = cfg.model.head
     pose_basis = None
     if h.hand_pose == "pca":  # unit coefficient = one standard deviation of that component
-        k = h.pca_components
-        pose_basis = mano.hands_std[:k, None] * mano.hands_components[:k]
+        pose_basis = mano.pose_pca_basis(h.pca_components)
     head = ManoHead(backbone.embed_dim, h.dim, h.depth, h.heads, h.mlp_ratio,
                     init_scale=initial_scale(cfg.data.bbox_expand), query=h.query, ief_iters=h.ief_iters,
                     init_hand_pose_aa=mano.hands_mean if h.init_pose == "mean" else None, pose_basis=pose_basis)
