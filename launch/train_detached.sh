@@ -91,8 +91,8 @@ while true; do
   rm -f "$output_dir/run_state.json"  # the status read below must be this launch's, not a stale one
   echo "[train_detached $(date -u +%FT%TZ)] ${cmd[*]} --output-dir $output_dir --resume auto $*"
   "${cmd[@]}" --output-dir "$output_dir" --resume auto "$@" &
-  # For the tests only: hold open the window between the fork and `child=$!`, where a stop becomes `pending`.
-  if [ -n "${UTNET_DETACHED_TEST_FORK_PAUSE:-}" ]; then sleep "$UTNET_DETACHED_TEST_FORK_PAUSE"; fi
+  # For the tests only: stay in the window between the fork and `child=$!` until a stop arrives (it becomes `pending`).
+  if [ -n "${UTNET_DETACHED_TEST_HOLD_FORK:-}" ]; then while [ "$stop_requested" -eq 0 ]; do sleep 0.05; done; fi
   child=$!
   if [ -n "$pending" ]; then kill -"$pending" "$child" 2>/dev/null || true; pending=""; fi
   set +e

@@ -130,7 +130,8 @@ class ManoLayer(nn.Module):
     # ------------------------------------------------------------------ pose PCA
     # The one place for the map between MANO's pose-PCA coefficients and the axis-angle hand pose. A
     # coefficient's unit is one standard deviation of its component (hands_std), so z ~ N(0, 1) is the
-    # pose prior; hands_mean is the origin.
+    # pose prior; hands_mean is the origin. pose_from_pca scales z before the product (not z @ basis) so
+    # that the synthetic sets written before these methods existed keep their exact bytes.
     def pose_pca_basis(self, k: int = 45) -> np.ndarray:
         """[k, 45] float64: the axis-angle hand-pose change per unit of each of the first k coefficients
         (pose = hands_mean + z @ basis; the same map as `pose_from_pca`)."""
