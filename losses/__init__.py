@@ -24,7 +24,7 @@ from losses.registry import (
 )
 
 # Built-in terms register themselves on import.
-from losses import aux, joint_3d, keypoint_2d, mano_prior, refine_offset, vertex_3d  # noqa: E402,F401  isort: skip
+from losses import aux, joint_3d, keypoint_2d, keypoint_heatmap, mano_prior, refine_offset, vertex_3d  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "ENTRY_POINT_GROUP", "LossConfig", "LossConfigError", "LossInputError", "LossRegistrationError",

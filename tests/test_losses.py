@@ -11,7 +11,8 @@ from losses import registry
 
 B = 3
 REDUCTIONS = ["sum", "mean", "batch_mean"]
-ALL_TERMS = ["keypoint_2d", "joint_3d", "vertex_3d", "mano_prior", "aux", "token_keypoint_2d", "refine_offset"]
+ALL_TERMS = ["keypoint_2d", "joint_3d", "vertex_3d", "mano_prior", "aux", "token_keypoint_2d", "refine_offset",
+             "keypoint_heatmap"]
 
 
 def random_rotations(*shape, generator):
@@ -51,6 +52,7 @@ def make_inputs(seed=0, batch_size=B):
 
     pred = output()
     pred["token_keypoints_2d"] = torch.rand(batch_size, 21, 2, generator=g) - 0.5  # wrist-relative
+    pred["keypoint_heatmaps"] = torch.rand(batch_size, 21, 8, 6, generator=g)
     pred["coarse"] = output()
     rot = random_rotations(batch_size, 16, generator=g)
     pred["coarse"].update(global_orient=rot[:, :1], hand_pose=rot[:, 1:],
@@ -233,7 +235,7 @@ def test_gradients_reach_the_prediction_from_every_term():
              "vertex_3d": [("verts_3d",), ("joints_3d",)],
              "mano_prior": [("coarse", "global_orient"), ("coarse", "hand_pose"), ("coarse", "betas")],
              "aux": [("coarse", "joints_3d"), ("coarse", "keypoints_2d")],
-             "token_keypoint_2d": [("token_keypoints_2d",)]}
+             "token_keypoint_2d": [("token_keypoints_2d",)], "keypoint_heatmap": [("keypoint_heatmaps",)]}
     for name, paths in needs.items():
         for reduction in REDUCTIONS:
             inputs = leaves(pred)

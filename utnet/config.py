@@ -114,6 +114,8 @@ class ModelConfig(_Section):
     refiner: RefinerConfig = Field(default_factory=RefinerConfig)
     focal_length: float = Field(5000.0, gt=0, le=1e6, description="HaMeR camera focal length in pixels for a crop of the larger image side; principal point at the crop centre.")
     token_keypoints: bool = Field(False, description="A linear 2D keypoint regressor on the mean-pooled backbone tokens (pred['token_keypoints_2d'], crop units relative to the wrist), for the `token_keypoint_2d` loss term: a direct 2D signal for a backbone trained from scratch, the part ViTPose pretraining plays for HaMeR's.")
+    keypoint_heatmaps: bool = Field(False, description="A heatmap decoder on the backbone's token grid (two stride-2 transposed convolutions and a 1x1 convolution: pred['keypoint_heatmaps'] [B,21,4Hp,4Wp]), for the `keypoint_heatmap` loss term: every token learns where the joints are, ViTPose's training signal.")
+    heatmap_channels: int = Field(64, ge=1, le=1024, description="Width of the heatmap decoder (with keypoint_heatmaps).")
 
 
 # ---------------------------------------------------------------------------------------- optim
@@ -388,6 +390,11 @@ def _check_combinations(cfg: ExperimentConfig) -> None:
             if term.get("type", name) == "token_keypoint_2d":  # computed (and logged) even at weight 0
                 problems.append(f"loss.{name}: supervises pred['token_keypoints_2d'], which only a model with "
                                 f"model.token_keypoints: true has (got model.token_keypoints: false)")
+    if not cfg.model.keypoint_heatmaps:
+        for name, term in cfg.loss.items():
+            if term.get("type", name) == "keypoint_heatmap":
+                problems.append(f"loss.{name}: supervises pred['keypoint_heatmaps'], which only a model with "
+                                f"model.keypoint_heatmaps: true has (got model.keypoint_heatmaps: false)")
     if problems:
         raise ConfigError(problems)
 

@@ -8,6 +8,7 @@ from utnet.joints import NUM_JOINTS
 from utnet.mano import ManoLayer
 from utnet.model.backbone import build_backbone
 from utnet.model.camera import cam_translation_mm, crop_intrinsics, initial_scale, project_to_crop
+from utnet.model.heatmaps import KeypointHeatmapHead
 from utnet.model.mano_head import ManoHead
 from utnet.model.refiner import MeshRefiner
 
@@ -21,6 +22,8 @@ class UTNet(nn.Module):
       betas [B,10], cam [B,3] (s 1/mm, tx mm, ty mm; camera.py);
       token_keypoints_2d [B,21,2] (crop units, relative to the wrist), only with `token_keypoints`: a linear regressor on the
       mean-pooled backbone tokens, an auxiliary output for the `token_keypoint_2d` loss term;
+      keypoint_heatmaps [B,21,4Hp,4Wp], only with `keypoint_heatmaps`: a heatmap decoder on the token
+      grid (heatmaps.py), an auxiliary output for the `keypoint_heatmap` loss term;
       tokens [B,N,D]: the backbone's output tokens, which every output depends on (the loss-balance
       report measures each term's gradient on them).
     The absolute joints_3d/verts_3d are in the MODEL's crop camera (OpenCV axes; K =
@@ -32,7 +35,8 @@ class UTNet(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, head: ManoHead, mano: ManoLayer, refiner: MeshRefiner | None,
-                 focal_length: float, image_size: tuple[int, int], token_keypoints: bool = False):
+                 focal_length: float, image_size: tuple[int, int], token_keypoints: bool = False,
+                 keypoint_heatmaps: bool = False, heatmap_channels: int = 64):
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -41,6 +45,7 @@ class UTNet(nn.Module):
         self.focal_length = float(focal_length)
         self.image_size = tuple(image_size)
         self.token_keypoints = nn.Linear(backbone.embed_dim, NUM_JOINTS * 2) if token_keypoints else None
+        self.keypoint_heatmaps = KeypointHeatmapHead(backbone.embed_dim, heatmap_channels) if keypoint_heatmaps else None
 
     def forward(self, batch: dict) -> dict:
         tokens, fmap = self.backbone(batch["rgb"], batch["depth"])
@@ -51,6 +56,8 @@ class UTNet(nn.Module):
             pred = self._mesh(params, fmap.float())
         if self.token_keypoints is not None:
             pred["token_keypoints_2d"] = self.token_keypoints(tokens.mean(dim=1)).float().unflatten(-1, (-1, 2))
+        if self.keypoint_heatmaps is not None:
+            pred["keypoint_heatmaps"] = self.keypoint_heatmaps(fmap)
         pred["tokens"] = tokens
         return pred
 
@@ -82,7 +89,8 @@ class UTNet(nn.Module):
         """Trainable parameters by part (for lr_mult): backbone, head, refiner (empty when disabled)."""
         def trainable(module):
             return [p for p in module.parameters() if p.requires_grad] if module is not None else []
-        return {"backbone": trainable(self.backbone), "head": trainable(self.head) + trainable(self.token_keypoints),
+        return {"backbone": trainable(self.backbone),
+                "head": trainable(self.head) + trainable(self.token_keypoints) + trainable(self.keypoint_heatmaps),
                 "refiner": trainable(self.refiner)}
 
 
@@ -106,4 +114,5 @@ def build_model(cfg) -> UTNet:
         refiner = MeshRefiner(backbone.embed_dim, mano.v_template.cpu().numpy(), mano.faces.cpu().numpy(),
                               hidden=r.hidden, layers=r.layers, coarse_vertices=r.coarse_vertices)
     return UTNet(backbone, head, mano, refiner, cfg.model.focal_length, image_size,
-                 token_keypoints=cfg.model.token_keypoints)
+                 token_keypoints=cfg.model.token_keypoints, keypoint_heatmaps=cfg.model.keypoint_heatmaps,
+                 heatmap_channels=cfg.model.heatmap_channels)
