@@ -352,10 +352,12 @@ def test_prediction_keys_shapes_and_initial_camera(tiny_model):
     pred = tiny_model(batch)
     shapes = {"joints_3d": (3, 21, 3), "verts_3d": (3, 778, 3), "keypoints_2d": (3, 21, 2)}
     coarse_shapes = {**shapes, "global_orient": (3, 1, 3, 3), "hand_pose": (3, 15, 3, 3), "betas": (3, 10), "cam": (3, 3)}
-    assert set(pred) == {*shapes, "coarse", "token_keypoints_2d", "tokens"} and set(pred["coarse"]) == set(coarse_shapes)
+    assert set(pred) == {*shapes, "coarse", "token_keypoints_2d", "keypoint_heatmaps", "tokens"}
+    assert set(pred["coarse"]) == set(coarse_shapes)
     grid = tiny_model.backbone.grid_size
     assert pred["tokens"].shape == (3, grid[0] * grid[1], tiny_model.backbone.embed_dim)  # the backbone's output
     assert pred["token_keypoints_2d"].shape == (3, 21, 2)  # configs/synthetic.yaml: model.token_keypoints
+    assert pred["keypoint_heatmaps"].shape == (3, 21, 4 * grid[0], 4 * grid[1])  # model.keypoint_heatmaps
     for key, shape in shapes.items():
         assert pred[key].shape == shape and pred[key].dtype == torch.float32 and torch.isfinite(pred[key]).all()
     for key, shape in coarse_shapes.items():
