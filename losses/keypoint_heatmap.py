@@ -8,6 +8,7 @@ from pydantic import Field
 from losses import debug
 from losses.base import LossConfig, LossTerm
 from losses.registry import register_loss
+from losses.units import crop_units_to_grid
 
 
 def gaussian_heatmaps(keypoints_crop: torch.Tensor, height: int, width: int, sigma_cells: float) -> torch.Tensor:
@@ -15,7 +16,7 @@ def gaussian_heatmaps(keypoints_crop: torch.Tensor, height: int, width: int, sig
     targets [B,K,height,width]: exp(-d^2 / (2 sigma^2)), d the distance in heatmap cells from the
     keypoint to each cell's centre. Cell (i, j) has its centre at crop units ((j + 0.5) / width - 0.5,
     (i + 0.5) / height - 0.5). A keypoint outside the crop gives the tail of its Gaussian (or ~0)."""
-    keypoints_cells = (keypoints_crop.float() + 0.5) * keypoints_crop.new_tensor([width, height]).float()
+    keypoints_cells = crop_units_to_grid(keypoints_crop.float(), height, width)
     xs = torch.arange(width, device=keypoints_crop.device, dtype=torch.float32) + 0.5
     ys = torch.arange(height, device=keypoints_crop.device, dtype=torch.float32) + 0.5
     dx2 = (xs - keypoints_cells[..., 0:1]).square()  # [B,K,W]

@@ -1,4 +1,4 @@
-"""The one metres <-> millimetres factor of the code base (mm = m * MM_PER_M, m = mm / MM_PER_M), and the
+"""The one crop-units -> grid conversion (`crop_units_to_grid`) and the one metres <-> millimetres factor of the code base (mm = m * MM_PER_M, m = mm / MM_PER_M), and the
 length units of the 3D loss terms.
 
 It lives in `losses` because `losses` never imports `utnet` while `utnet` imports `losses`: here both
@@ -24,3 +24,10 @@ def from_mm(length_mm: torch.Tensor, unit: str) -> torch.Tensor:
     if unit == "m":
         return length_mm / MM_PER_M
     raise ValueError(f"unknown length unit {unit!r} (mm or m)")
+
+
+def crop_units_to_grid(keypoints_crop: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Keypoints [...,2] in crop units (x right, y down; -0.5 and 0.5 are the crop's edges) -> coordinates
+    [...,2] on a width x height grid tiling the crop, in cells from its top-left corner: crop pixels for the
+    crop's own size, heatmap cells for a heatmap's. (The data pipeline writes crop units from pixels.)"""
+    return (keypoints_crop + 0.5) * keypoints_crop.new_tensor([width, height])

@@ -66,6 +66,8 @@ def test_heatmap_decoder_tiles_the_token_grid_and_trains_the_backbone_only_throu
     pred = model(batch)
     Hp, Wp = model.backbone.grid_size
     assert pred["keypoint_heatmaps"].shape == (2, 21, UPSAMPLING * Hp, UPSAMPLING * Wp) == (2, 21, 16, 12)
+    convs = [m for m in model.keypoint_heatmaps.decoder if isinstance(m, (torch.nn.ConvTranspose2d, torch.nn.Conv2d))]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(192, 16), (16, 16), (16, 21)]  # heatmap_channels
     head_group = {id(p) for p in model.param_groups()["head"]}
     assert {id(p) for p in model.keypoint_heatmaps.parameters()} <= head_group
     loss_set = losses.LossSet.from_config({"keypoint_heatmap": {"weight": 1.0}})
@@ -108,4 +110,3 @@ def test_heatmap_decoder_learns_where_the_joints_are():
         optimizer.step()
     after = argmax_error_cells()
     assert after < 0.5 * before, (before, after)
-

@@ -385,16 +385,15 @@ def _check_combinations(cfg: ExperimentConfig) -> None:
     if backbone.stem != "conv" and backbone.stem_depth != 1:
         problems.append(f"model.backbone.stem_depth: only applies to model.backbone.stem: conv "
                         f"(stem is {backbone.stem!r}; got {backbone.stem_depth})")
-    if not cfg.model.token_keypoints:
+    # loss terms that read an auxiliary output only its model flag builds (computed and logged even at weight 0)
+    for term_type, flag, output in (("token_keypoint_2d", "token_keypoints", "token_keypoints_2d"),
+                                    ("keypoint_heatmap", "keypoint_heatmaps", "keypoint_heatmaps")):
+        if getattr(cfg.model, flag):
+            continue
         for name, term in cfg.loss.items():
-            if term.get("type", name) == "token_keypoint_2d":  # computed (and logged) even at weight 0
-                problems.append(f"loss.{name}: supervises pred['token_keypoints_2d'], which only a model with "
-                                f"model.token_keypoints: true has (got model.token_keypoints: false)")
-    if not cfg.model.keypoint_heatmaps:
-        for name, term in cfg.loss.items():
-            if term.get("type", name) == "keypoint_heatmap":
-                problems.append(f"loss.{name}: supervises pred['keypoint_heatmaps'], which only a model with "
-                                f"model.keypoint_heatmaps: true has (got model.keypoint_heatmaps: false)")
+            if term.get("type", name) == term_type:
+                problems.append(f"loss.{name}: supervises pred['{output}'], which only a model with "
+                                f"model.{flag}: true has (got model.{flag}: false)")
     if problems:
         raise ConfigError(problems)
 

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import torch
 
+from losses.units import crop_units_to_grid
 from utnet.geometry import project_points
 from utnet.joints import CANONICAL_BONES, CANONICAL_NAMES
 
@@ -29,8 +30,8 @@ def _numpy(x) -> np.ndarray:
 
 def crop_units_to_pixels(keypoints_crop, height: int, width: int) -> np.ndarray:
     """Keypoints [...,2] in crop units -> crop pixels [...,2]."""
-    keypoints = _numpy(keypoints_crop).astype(np.float64)
-    return (keypoints + 0.5) * np.array([width, height])
+    keypoints = torch.as_tensor(_numpy(keypoints_crop), dtype=torch.float64)
+    return crop_units_to_grid(keypoints, height, width).numpy()
 
 
 def denormalize_rgb(rgb) -> np.ndarray:

@@ -18,15 +18,15 @@ UPSAMPLING = 4  # heatmap cells per token-grid cell, along each axis
 
 
 class KeypointHeatmapHead(nn.Module):
-    """`head(fmap [B,D,Hp,Wp]) -> heatmaps [B,21,4Hp,4Wp]` (unnormalised, float32)."""
+    """`head(fmap [B,D,Hp,Wp]) -> heatmaps [B,21,4Hp,4Wp]` (unnormalised, float32; 4 = UPSAMPLING)."""
 
     def __init__(self, embed_dim: int, channels: int = 64):
         super().__init__()
-        self.decoder = nn.Sequential(
-            nn.ConvTranspose2d(embed_dim, channels, kernel_size=4, stride=2, padding=1), nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(channels, channels, kernel_size=4, stride=2, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(channels, NUM_JOINTS, kernel_size=1),
-        )
+        layers, width = [], embed_dim
+        for _ in range(UPSAMPLING.bit_length() - 1):  # one stride-2 transposed convolution per doubling
+            layers += [nn.ConvTranspose2d(width, channels, kernel_size=4, stride=2, padding=1), nn.ReLU(inplace=True)]
+            width = channels
+        self.decoder = nn.Sequential(*layers, nn.Conv2d(channels, NUM_JOINTS, kernel_size=1))
 
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
         return self.decoder(fmap).float()
