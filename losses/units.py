@@ -1,5 +1,5 @@
-"""The one crop-units -> grid conversion (`crop_units_to_grid`) and the one metres <-> millimetres factor of the code base (mm = m * MM_PER_M, m = mm / MM_PER_M), and the
-length units of the 3D loss terms.
+"""The one metres <-> millimetres factor of the code base (mm = m * MM_PER_M, m = mm / MM_PER_M), the
+length units of the 3D loss terms, and the one crop-units -> grid conversion (`crop_units_to_grid`).
 
 It lives in `losses` because `losses` never imports `utnet` while `utnet` imports `losses`: here both
 can import it. Every conversion imports it from here; no other module writes the factor out

@@ -8,6 +8,7 @@ import torch
 
 import losses
 from losses.keypoint_heatmap import gaussian_heatmaps
+from losses.units import crop_units_to_grid
 from utnet.config import ConfigError, load_config
 from utnet.model import build_model
 from utnet.model.heatmaps import UPSAMPLING
@@ -99,7 +100,7 @@ def test_heatmap_decoder_learns_where_the_joints_are():
         B, K, H, W = heatmaps.shape
         flat = heatmaps.flatten(2).argmax(-1)
         peaks = torch.stack([flat % W + 0.5, flat // W + 0.5], -1)
-        truth = (batch["keypoints_2d"] + 0.5) * torch.tensor([W, H])
+        truth = crop_units_to_grid(batch["keypoints_2d"], H, W)
         return (peaks - truth).norm(dim=-1).mean().item()
 
     before = argmax_error_cells()

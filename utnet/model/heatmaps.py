@@ -30,4 +30,3 @@ class KeypointHeatmapHead(nn.Module):
 
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
         return self.decoder(fmap).float()
-
