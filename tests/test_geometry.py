@@ -290,3 +290,22 @@ def test_procrustes_leading_dimensions_and_a_non_finite_sample():
     assert torch.isnan(out[1, 2]).all() and torch.isfinite(out.reshape(6, 21, 3)[:5]).all()
     ref = np.stack([_official_align(gt.reshape(6, 21, 3)[i].numpy(), pred.reshape(6, 21, 3)[i].numpy()) for i in range(5)])
     np.testing.assert_allclose(out.reshape(6, 21, 3)[:5].numpy(), ref, atol=1e-9)
+
+
+def test_crop_units_grid_conversion_both_ways_tensor_and_numpy():
+    from losses.units import crop_units_to_grid, grid_to_crop_units
+
+    H, W = 96, 128  # not square: a swapped width and height moves every point
+    crop = [[-0.5, -0.5], [0.5, 0.5], [0.0, 0.0], [0.25, -0.125]]
+    pixels = [[0.0, 0.0], [128.0, 96.0], [64.0, 48.0], [96.0, 36.0]]
+    for make in (np.array, torch.tensor):
+        grid = crop_units_to_grid(make(crop), H, W)
+        assert type(grid) is type(make(crop))
+        np.testing.assert_array_equal(np.asarray(grid), pixels)  # exact: dyadic values
+        np.testing.assert_array_equal(np.asarray(grid_to_crop_units(make(pixels), H, W)), crop)
+    cells = crop_units_to_grid(torch.tensor(crop, dtype=torch.float32), 24, 32)  # a 32 x 24 heatmap
+    assert cells.dtype == torch.float32 and cells[1].tolist() == [32.0, 24.0]
+    rng = np.random.default_rng(0)
+    points = rng.uniform(-10, 140, size=(50, 2))
+    np.testing.assert_allclose(crop_units_to_grid(grid_to_crop_units(points, H, W), H, W), points, rtol=0, atol=1e-12)
+    assert crop_units_to_grid(np.zeros((2, 2), np.float32), H, W).dtype == np.float32

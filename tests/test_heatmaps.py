@@ -83,6 +83,32 @@ def test_heatmap_decoder_tiles_the_token_grid_and_trains_the_backbone_only_throu
         load_config(None, ["model.keypoint_heatmaps=false", "loss.hm={type: keypoint_heatmap, weight: 0}"])
 
 
+def test_heatmap_decoder_centres_a_tokens_response_on_that_tokens_crop_area():
+    """Sub-cell alignment: with every decoder weight 1 and biases 0, a single token's feature spreads
+    symmetrically, so its heatmap response has its centroid at the token's centre, in heatmap cells
+    ((q + 0.5) * UPSAMPLING, (p + 0.5) * UPSAMPLING) for token row p, column q: the same place in the
+    crop as the targets' cells (gaussian_heatmaps). A decoder off by one cell or half a cell fails."""
+    from utnet.model.heatmaps import KeypointHeatmapHead
+
+    head = KeypointHeatmapHead(embed_dim=8, channels=4)
+    with torch.no_grad():
+        for module in head.decoder:
+            if isinstance(module, (torch.nn.ConvTranspose2d, torch.nn.Conv2d)):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+    Hp, Wp = 6, 8
+    for p, q in [(2, 3), (3, 5), (1, 1)]:  # interior tokens: the footprint is not cut by the border
+        fmap = torch.zeros(1, 8, Hp, Wp, dtype=torch.float64)
+        fmap[0, :, p, q] = 1.0
+        heat = head.double()(fmap)[0, 0]
+        assert heat.shape == (UPSAMPLING * Hp, UPSAMPLING * Wp) and (heat >= 0).all()
+        ys = torch.arange(heat.shape[0], dtype=torch.float64) + 0.5  # cell centres, in cells
+        xs = torch.arange(heat.shape[1], dtype=torch.float64) + 0.5
+        centroid = torch.stack([(heat.sum(0) * xs).sum(), (heat.sum(1) * ys).sum()]) / heat.sum()
+        expected = torch.tensor([(q + 0.5) * UPSAMPLING, (p + 0.5) * UPSAMPLING], dtype=torch.float64)
+        torch.testing.assert_close(centroid, expected, rtol=0, atol=1e-9)
+
+
 def test_heatmap_decoder_learns_where_the_joints_are():
     """Trained on the heatmap term alone for 60 steps on 4 fixed samples, the decoder's per-joint argmax
     moves onto the ground truth: the mean distance falls to under half its first value."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from losses.units import crop_units_to_grid
 from utnet.geometry import axis_angle_to_matrix, project_points
 from utnet.joints import CANONICAL_BONES
 
@@ -147,8 +148,8 @@ def check_projection(samples, image_size) -> Check:
     kp = _stack(samples, "keypoints_2d")
     kv = (_stack(samples, "keypoints_2d_valid") > 0) & v
     with np.errstate(all="ignore"):
-        proj = project_points(j, K) / np.array([W, H]) - 0.5
-    err_px = np.linalg.norm((proj - kp) * np.array([W, H]), axis=-1)[kv]
+        proj_px = project_points(j, K)
+    err_px = np.linalg.norm(proj_px - crop_units_to_grid(kp, H, W), axis=-1)[kv]
     if err_px.size == 0 or not np.isfinite(err_px).all():
         return Check("FAIL", "projection", "3D joints do not project to finite points with the crop intrinsics (z near 0: root-centred joints?)")
     text = f"|project(joints_3d, cam_intrinsics) - keypoints_2d| max {err_px.max():.3f} px, mean {err_px.mean():.3f} px"

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from losses.units import grid_to_crop_units
 from utnet.config import AugmentConfig, ExperimentConfig
 from utnet.errors import UserError
 from utnet.geometry import project_points, rotate_mano_root
@@ -182,7 +183,7 @@ def make_sample(bgr: np.ndarray, depth_encoded: np.ndarray, ann: ho3d.Annotation
     sample = {
         "rgb": torch.from_numpy(normalise_rgb(bgr_crop, aug.color)),
         "depth": torch.from_numpy(normalise_depth(depth_crop, depth_window_mm)[None]),
-        "keypoints_2d": torch.from_numpy((keypoints_crop / np.array([W, H]) - 0.5).astype(np.float32)),
+        "keypoints_2d": torch.from_numpy(grid_to_crop_units(keypoints_crop, H, W).astype(np.float32)),
         "keypoints_2d_valid": torch.from_numpy(ann.joints_valid.astype(np.float32)),
         "joints_3d": torch.from_numpy(joints_mm.astype(np.float32)),
         "joints_3d_valid": torch.from_numpy(ann.joints_valid.astype(np.float32)),

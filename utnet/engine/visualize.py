@@ -30,8 +30,7 @@ def _numpy(x) -> np.ndarray:
 
 def crop_units_to_pixels(keypoints_crop, height: int, width: int) -> np.ndarray:
     """Keypoints [...,2] in crop units -> crop pixels [...,2]."""
-    keypoints = torch.as_tensor(_numpy(keypoints_crop), dtype=torch.float64)
-    return crop_units_to_grid(keypoints, height, width).numpy()
+    return crop_units_to_grid(_numpy(keypoints_crop).astype(np.float64), height, width)
 
 
 def denormalize_rgb(rgb) -> np.ndarray:
