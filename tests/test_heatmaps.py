@@ -8,7 +8,7 @@ import torch
 
 import losses
 from losses.keypoint_heatmap import gaussian_heatmaps
-from losses.units import crop_units_to_grid
+from losses.units import crop_units_to_grid, grid_to_crop_units
 from utnet.config import ConfigError, load_config
 from utnet.model import build_model
 from utnet.model.heatmaps import UPSAMPLING
@@ -105,7 +105,9 @@ def test_heatmap_decoder_centres_a_tokens_response_on_that_tokens_crop_area():
         ys = torch.arange(heat.shape[0], dtype=torch.float64) + 0.5  # cell centres, in cells
         xs = torch.arange(heat.shape[1], dtype=torch.float64) + 0.5
         centroid = torch.stack([(heat.sum(0) * xs).sum(), (heat.sum(1) * ys).sum()]) / heat.sum()
-        expected = torch.tensor([(q + 0.5) * UPSAMPLING, (p + 0.5) * UPSAMPLING], dtype=torch.float64)
+        token_centre_crop = grid_to_crop_units(torch.tensor([q + 0.5, p + 0.5], dtype=torch.float64), Hp, Wp)
+        expected = crop_units_to_grid(token_centre_crop, *heat.shape)  # where the targets put that point
+        assert expected.tolist() == [(q + 0.5) * UPSAMPLING, (p + 0.5) * UPSAMPLING]
         torch.testing.assert_close(centroid, expected, rtol=0, atol=1e-9)
 
 
