@@ -109,6 +109,8 @@ while true; do
            "signal handlers were installed): not relaunched; check that no training process is left:" \
            "ps -ef | grep 'utnet train'"
     fi
+    # the stop may also land after the status line above: the log says why nothing follows either way
+    if [ "$stop_requested" -eq 1 ]; then echo "[train_detached] stop requested: not relaunched"; fi
     break
   fi
   restarts=$((restarts + 1))
