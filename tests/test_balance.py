@@ -69,6 +69,7 @@ def test_warnings_name_a_starved_and_a_dominant_term():
     assert set(warnings) == {"keypoint_2d", "joint_3d"}
     assert warnings["keypoint_2d"].startswith("loss balance WARNING: keypoint_2d gets 0.0% of the gradient")
     assert warnings["joint_3d"].startswith("loss balance WARNING: joint_3d gets 97.0% of the gradient")
+    assert all(line.endswith("convert them with `utnet reweigh`") for line in warnings.values())
 
 
 def test_measured_at_the_first_step_and_every_n_on_syncing_micro_batches_only():

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import REPO
 from test_engine import tiny_data, write_config  # noqa: F401  (tiny_data is a fixture)
+from utnet.config import load_config
 
 
 def run_bench(name, *args, timeout=600):
@@ -68,3 +69,10 @@ def test_bench_step_and_converge(tmp_path, tiny_data):  # noqa: F811
         assert part["refined_vs_coarse_pa"] == pytest.approx(final["pa_mpjpe"] / final["coarse_pa_mpjpe"], abs=1e-3)
         assert part["coarse_pa_mpjpe_ratio"] == pytest.approx(
             final["coarse_pa_mpjpe"] / part["baseline"]["coarse_pa_mpjpe"], abs=1e-3)
+    # without --reweigh both runs use the config's weights; with it the sum run's are converted
+    assert r["sum"]["loss_weights"] == r["mean"]["loss_weights"] == {
+        name: term["weight"] for name, term in load_config(config).loss.items()}
+    r2 = run_bench("bench_converge.py", "--config", config, "--steps", 1, "--reweigh")
+    assert r2["mean"]["loss_weights"] == r["mean"]["loss_weights"]  # mean -> mean: factor 1
+    assert r2["sum"]["loss_weights"]["vertex_3d"] < r["sum"]["loss_weights"]["vertex_3d"] / 100
+    assert r2["sum"]["final"]["mpjpe"] > 0 and isinstance(r2["sum"]["goal_met"], bool)

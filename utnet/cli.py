@@ -15,7 +15,7 @@ from utnet import commands
 from utnet.errors import ConfigError, UserError
 
 # Order in --help; modules not listed here come after, alphabetically.
-_ORDER = ["train", "eval", "score", "overfit", "synth", "doctor", "config", "plugins", "mano"]
+_ORDER = ["train", "eval", "score", "overfit", "reweigh", "synth", "doctor", "config", "plugins", "mano"]
 
 
 def _command_modules():

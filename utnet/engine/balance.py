@@ -11,6 +11,9 @@ on the main process only, on the micro-batch that completes the optimizer step. 
 backward per term (down to the tokens, not through the backbone) on those steps and nothing otherwise.
 On those steps every weighted term is evaluated once more (a plugin that counts its calls sees it).
 
+`converted_weights`: the weights that keep every term's weighted value (so its share) under another
+reduction; `utnet reweigh` prints and writes them.
+
 `parameters_without_gradient`: trainable parameters whose .grad is still None after a backward (not in
 the loss's graph; a zero gradient is in it). Under DDP on several processes such a model stops with
 "Expected to have finished reduction in the prior iteration" unless train.find_unused_parameters is set.
@@ -25,6 +28,8 @@ TOKENS_KEY = "tokens"  # pred[TOKENS_KEY]: the backbone's output tokens [B,N,D]
 LOW_SHARE = 0.01   # a weighted term under 1% of the gradient barely trains the model
 HIGH_SHARE = 0.95  # a term over 95% leaves the others without a say
 PREFIX = "loss balance"
+# weights written for another reduction are the other classic cause; `utnet reweigh` converts them
+REDUCTION_HINT = "; weights from a recipe under another reduction: convert them with `utnet reweigh`"
 
 
 def every(train_config) -> int:
@@ -71,10 +76,10 @@ def balance_warnings(rows: dict[str, dict]) -> dict[str, str]:
         if row["share"] < LOW_SHARE:
             out[name] = (f"{PREFIX} WARNING: {name} gets {share:.1f}% of the gradient (weight {row['weight']:g}, "
                          f"under {LOW_SHARE:.0%}): it barely trains the model; check its weight and unit against "
-                         f"the other terms (e.g. mm vs m)")
+                         f"the other terms (e.g. mm vs m){REDUCTION_HINT}")
         elif row["share"] > HIGH_SHARE:
             out[name] = (f"{PREFIX} WARNING: {name} gets {share:.1f}% of the gradient (weight {row['weight']:g}, "
-                         f"over {HIGH_SHARE:.0%}): the other terms have almost no say")
+                         f"over {HIGH_SHARE:.0%}): the other terms have almost no say{REDUCTION_HINT}")
     return out
 
 
@@ -120,6 +125,41 @@ class LossBalance:
         if self.pending:
             log_scalars(accelerator, self.pending, step=step)
             self.pending = {}
+
+
+def converted_weights(loss_set, samples, reduction: str) -> dict[str, dict]:
+    """The weights that keep every term's weighted value, and so its share of the gradient, when its
+    reduction becomes `reduction`: the conversion a recipe needs when it moves between sum and mean.
+
+    samples: (pred, batch) pairs. Returns {term: {"reduction" (current), "weight" (current config
+    weight), "factor", "new_weight"}} in the loss set's order; new_weight = weight * factor.
+    A term with one part: factor = the ratio of the reductions' denominators (1 for sum, the batch
+    size for batch_mean, the total weight of the elements for mean), averaged over the samples as
+    reducing an error of ones both ways; it holds for any prediction, a zero one included. A term with
+    several parts reduced apart (aux) has one weight for all of them, so its factor matches their
+    reduced total (the prediction's real error) on these samples only. factor and new_weight are None
+    when there is nothing to match (no element has weight, or a composite term is 0 on every sample).
+    """
+    from losses import reduce_error
+
+    rows = {}
+    for name, term in loss_set.terms.items():
+        target = type(term)(term.config.model_copy(update={"reduction": reduction}), name=name)
+        current = new = 0.0
+        for pred, batch in samples:
+            parts = term.parts(pred, batch)
+            if len(parts) == 1:
+                (_, error, weight), = parts
+                ones = torch.ones_like(error, dtype=torch.float32)
+                current += reduce_error(ones, weight, term.config.reduction).item()
+                new += reduce_error(ones, weight, reduction).item()
+            else:
+                current += term(pred, batch)[1].item()
+                new += target(pred, batch)[1].item()
+        factor = current / new if new > 0 and current > 0 else None
+        rows[name] = {"reduction": term.config.reduction, "weight": term.config.weight, "factor": factor,
+                      "new_weight": None if factor is None else term.config.weight * factor}
+    return rows
 
 
 def parameters_without_gradient(model: torch.nn.Module) -> list[str]:
