@@ -19,19 +19,19 @@ DIGITS = 4  # significant digits of the written weights (the conversion itself i
 
 RULE = """\
 Why: a weight is in the units of its reduction. Under `mean` a term is divided by the total weight
-of its elements (a vertex term by ~778 x 3 per sample), under `sum` it is not, so the same weight
-under `sum` gives the vertex term ~100x the say of a 21-keypoint term and grows with the batch size.
-Copying weights across reductions is how a recipe's terms end up at 0% or 99% of the gradient.
+of its elements (a vertex term by 778 x 3 per sample), under `sum` it is not, so the same weight
+under `sum` gives the vertex term 111x the say of a term with 21 elements per sample (the heatmaps)
+and grows with the batch size. Weights copied across reductions put terms at 0% or 99% of the gradient.
 
-What it does: --batches full batches of data.batch_size train samples (no augmentation; the first
-sample of each of that many equal stretches of the split) go through the untrained model; each term
-is reduced both ways on them, and its new weight is weight x (value now / value under --to). For a
-term with one part the factor is a ratio of denominators and holds for every prediction; `aux`
-reduces its sub-terms apart under `mean`, so its factor matches their total on these batches only.
-Under `mean` the denominator of a masked term (keypoints outside the crop, samples without MANO)
-varies from batch to batch: more --batches give the average. Ramps, sub-weights and every other key
-are kept. Prints the table and the new `loss:` section; --out FILE writes the whole config with it
-(`utnet train --config FILE --output-dir DIR` trains it); check the result's `loss balance` table."""
+What it does: --batches full batches of data.batch_size train samples (no augmentation; evenly
+spread over the split) go through the untrained model. A term with one part gets weight x (its
+denominator under --to) / (its denominator now) (1 for sum, the batch size for batch_mean, the total
+weight of its elements for mean), averaged over the batches: it holds for every prediction. `aux`
+reduces its sub-terms apart under `mean`, so its one factor matches their reduced total on these
+batches only. Under `mean` a masked term's denominator (keypoints outside the crop, samples without
+MANO) varies from batch to batch: more --batches give the average. Ramps, sub-weights and every
+other key are kept. Prints the table and the new `loss:` section; --out FILE writes the whole config
+with it (`utnet train --config FILE --output-dir DIR` trains it); check its `loss balance` table."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
