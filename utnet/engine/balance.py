@@ -144,7 +144,7 @@ def converted_weights(loss_set, samples, reduction: str) -> dict[str, dict]:
 
     rows = {}
     for name, term in loss_set.terms.items():
-        target = type(term)(term.config.model_copy(update={"reduction": reduction}), name=name)
+        target = None  # the term under `reduction`, built only for a term with several parts
         current = new = 0.0
         for pred, batch in samples:
             parts = term.parts(pred, batch)
@@ -154,6 +154,7 @@ def converted_weights(loss_set, samples, reduction: str) -> dict[str, dict]:
                 current += reduce_error(ones, weight, term.config.reduction).item()
                 new += reduce_error(ones, weight, reduction).item()
             else:
+                target = target or type(term)(term.config.model_copy(update={"reduction": reduction}), name=name)
                 current += term(pred, batch)[1].item()
                 new += target(pred, batch)[1].item()
         factor = current / new if new > 0 and current > 0 else None
