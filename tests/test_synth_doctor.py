@@ -193,6 +193,34 @@ def test_ensure_dataset_writes_the_synthetic_set_once(tmp_path):
     assert lines == []
 
 
+def test_ensure_dataset_refuses_a_synthetic_set_written_with_other_settings(tmp_path, cli):
+    """A run asking for 3 synthetic sequences must not train on the 2 written earlier at its data.root."""
+    from utnet.data import ensure_dataset
+    from utnet.errors import UserError
+
+    root = tmp_path / "auto"
+    written = {"enabled": True, "sequences": 2, "frames": 1, "seed": 3}
+    ensure_dataset(cfg_for(root, synthetic=written), log=lambda *_: None)
+    ensure_dataset(cfg_for(root, synthetic=written, version="v2"), log=lambda *_: None)  # the same: accepted
+    ensure_dataset(cfg_for(root, synthetic={**written, "enabled": False, "sequences": 5}))  # not synthetic's to check
+    for key, value in (("sequences", 3), ("frames", 2), ("seed", 4)):
+        with pytest.raises(UserError) as err:
+            ensure_dataset(cfg_for(root, synthetic={**written, key: value}), log=lambda *_: None)
+        message = str(err.value)
+        assert message.startswith(f"data.synthetic.{key}: {value}, but data.root {root} holds a synthetic set "
+                                  f"written with {key} {written[key]}"), message
+    with pytest.raises(UserError, match=r"^data\.version: v3, but data\.root .* written as v2"):
+        ensure_dataset(cfg_for(root, synthetic=written, version="v3"), log=lambda *_: None)
+    assert (root / "train.txt").read_text().split() == ["SYN10/0000", "SYN11/0000"]  # nothing rewritten
+
+    r = cli("train", "--output-dir", tmp_path / "run", "--set", f"data.root={root}",
+            "--set", "data.val_sequences=[SYN11]", "--set", "data.synthetic.seed=3",
+            "--set", "data.synthetic.frames=1", "--set", "data.synthetic.sequences=3")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("utnet train: data.synthetic.sequences: 3, but data.root"), r.stderr
+
+
 def test_synth_frame_images_round_trip(tmp_path):
     """The depth PNG the writer makes decodes exactly to HO3D's encoding of the depth it was given (an 8-bit
     three-channel PNG, compressed); the RGB JPEG decodes to the image it was given up to JPEG's loss."""

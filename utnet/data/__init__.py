@@ -30,15 +30,48 @@ def write_synthetic(out_dir, version="v2", sequences=8, frames=60, seed=0, mano_
                   mano_model_path=mano_model_path, val_like_eval_frames=val_like_eval_frames)
 
 
+def _check_synthetic_matches(root: Path, syn, version: str) -> None:
+    """A synthetic set already at data.root must be the one data.synthetic describes: otherwise a run
+    with `--set data.synthetic.sequences=40` would train on the 8 sequences written earlier, silently."""
+    import json
+
+    from utnet.data.synth import INFO_FILE
+
+    info_path = root / INFO_FILE
+    if not info_path.is_file():
+        return  # not written by utnet synth (a real HO3D copy): nothing to compare
+    try:
+        info = json.loads(info_path.read_text())
+        written = {"sequences": len(info["train_sequences"]),
+                   "frames": info["train_frames"] // max(1, len(info["train_sequences"])),
+                   "seed": info["seed"]}
+        written_version = info["version"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{info_path}: unreadable synthetic-set summary ({err}); remove data.root {root} "
+                        f"to have it written again") from None
+    for key, value in written.items():
+        if getattr(syn, key) != value:
+            raise UserError(f"data.synthetic.{key}: {getattr(syn, key)}, but data.root {root} holds a synthetic "
+                            f"set written with {key} {value} ({INFO_FILE}); point data.root at a new folder "
+                            f"(it is written there) or remove the old set")
+    if written_version != version:
+        raise UserError(f"data.version: {version}, but data.root {root} holds a synthetic set written as "
+                        f"{written_version} ({INFO_FILE}); point data.root at a new folder or remove the old set")
+
+
 def ensure_dataset(cfg, log=print) -> Path:
     """Return cfg.data.root; write the synthetic set there first if it has no train.txt and
-    data.synthetic.enabled, else raise UserError naming data.root and the expected layout."""
+    data.synthetic.enabled, else raise UserError naming data.root and the expected layout. With
+    data.synthetic.enabled, a synthetic set already there must match data.synthetic (sequences, frames,
+    seed) and data.version, else UserError: the run would train on other data than configured."""
     from utnet.data.ho3d import LAYOUT_HINT
 
     root = Path(cfg.data.root)
-    if (root / "train.txt").is_file():
-        return root
     syn = cfg.data.synthetic
+    if (root / "train.txt").is_file():
+        if syn.enabled:
+            _check_synthetic_matches(root, syn, cfg.data.version)
+        return root
     if not syn.enabled:
         raise UserError(f"data.root: {root} has no train.txt (and data.synthetic.enabled is false); {LAYOUT_HINT}")
     log(f"data.root {root} has no train.txt: writing the synthetic HO3D-format stand-in set there "
