@@ -72,6 +72,15 @@ def test_warnings_name_a_starved_and_a_dominant_term():
     assert all(line.endswith("convert them with `utnet reweigh`") for line in warnings.values())
 
 
+def test_measured_every_100_steps_by_default_and_every_log_step_when_null():
+    """Each measurement costs a partial backward per term: the default keeps it to ~1% of the step."""
+    from utnet.config import TrainConfig
+
+    assert balance.every(TrainConfig(log_every=25)) == 100
+    assert balance.every(TrainConfig(log_every=25, loss_balance_every=None)) == 25
+    assert balance.every(TrainConfig(log_every=25, loss_balance_every=0)) == 0
+
+
 def test_measured_at_the_first_step_and_every_n_on_syncing_micro_batches_only():
     report = balance.LossBalance(loss_set=None, every=5, say=print)
     assert report.due(1, True) and not report.due(1, False)
@@ -87,7 +96,7 @@ def test_train_prints_the_table_warns_and_logs_grad_shares(tiny_data, tmp_path):
     uses (model.token_keypoints without its loss term)."""
     config = write_config(tmp_path, tiny_data, model={"token_keypoints": True},
                           train={"max_steps": 4, "grad_accum": 2, "log_every": 2, "eval_every": 0,
-                                 "checkpoint_every": 0, "image_every": 0})
+                                 "checkpoint_every": 0, "image_every": 0, "loss_balance_every": None})
     proc = run_cli("train", "--config", config, "--output-dir", tmp_path / "run", "--set", "loss.keypoint_2d.weight=1e-7")
     ok(proc)
     lines = balance_lines(proc.stdout)
@@ -118,7 +127,8 @@ def test_loss_balance_every_0_measures_nothing(tiny_data, tmp_path):  # noqa: F8
 
 def test_two_processes_report_once_from_the_main_process(tiny_data, tmp_path):  # noqa: F811
     config = write_config(tmp_path, tiny_data, train={"max_steps": 2, "grad_accum": 2, "log_every": 1,
-                                                      "eval_every": 0, "checkpoint_every": 0, "image_every": 0})
+                                                      "eval_every": 0, "checkpoint_every": 0, "image_every": 0,
+                                                      "loss_balance_every": 1})
     proc = accelerate_launch("train", "--config", config, "--output-dir", tmp_path / "run")
     ok(proc)
     assert proc.stdout.count("loss balance at step 1") == 1
@@ -191,5 +201,7 @@ def test_bench_balance_prints_one_json_object(tmp_path, tiny_data):  # noqa: F81
 
     config = write_config(tmp_path, tiny_data)
     r = run_bench("bench_balance.py", "--config", config, "--repeats", 1)
-    assert positive(r["plain_step_s"], r["measured_step_s"]) and r["every"] == 1 and r["terms_measured"] == 5
-    assert r["measure_s"] > 0 and r["run_overhead_fraction"] == pytest.approx(r["measure_over_plain"], abs=2e-3)
+    assert positive(r["plain_step_s"], r["measured_step_s"]) and r["every"] == 100 and r["terms_measured"] == 5
+    assert r["measure_s"] > 0 and r["run_overhead_fraction"] == pytest.approx(r["measure_over_plain"] / 100, abs=2e-4)
+    r = run_bench("bench_balance.py", "--config", config, "--repeats", 1, "--set", "train.loss_balance_every=null")
+    assert r["every"] == 1 and r["run_overhead_fraction"] == pytest.approx(r["measure_over_plain"], abs=2e-3)

@@ -49,7 +49,8 @@ def test_training_logs_the_ramped_weight_step_by_step(tiny_data, tmp_path):  # n
     with factor 0, 0, 0.5, 1 (logged at steps 1-4); the other terms are untouched; the loss balance table
     at step 1 leaves the term out (weight 0 then) and grad_share/joint_3d appears once it has weight."""
     config = write_config(tmp_path, tiny_data, train={"max_steps": 4, "log_every": 1, "eval_every": 0,
-                                                      "checkpoint_every": 0, "image_every": 0})
+                                                      "checkpoint_every": 0, "image_every": 0,
+                                                      "loss_balance_every": 1})
     proc = run_cli("train", "--config", config, "--output-dir", tmp_path / "run",
                    "--set", "loss.joint_3d.weight=1.0", "--set", "loss.joint_3d.ramp=[1, 3]")
     ok(proc)
