@@ -158,7 +158,7 @@ class TrainConfig(_Section):
     debug_batches: int = Field(3, ge=0, description="First batches for which the data-statistics block is printed.")
     max_nonfinite_steps: int = Field(20, ge=1, description="Consecutive skipped non-finite steps before the run stops.")
     best_metric: str = Field("refined/pa_mpjpe", description="Validation metric whose lowest value selects best/: <refined|coarse>/<mpjpe|pa_mpjpe|mpvpe|pa_mpvpe>.")
-    loss_balance_every: Optional[int] = Field(100, ge=0, description="Optimizer steps between measurements of each weighted loss term's share of the gradient on the backbone's output tokens (tensorboard grad_share/<term>; a `loss balance` table at the first step; warnings under 1% or over 95%). Each measurement costs one partial backward per term (about 1% of the training time at 100 with the default config); null: train.log_every; 0: never.")
+    loss_balance_every: Optional[int] = Field(100, ge=0, description="Optimizer steps between measurements of each weighted loss term's share of the gradient on the backbone's output tokens (tensorboard grad_share/<term>; a `loss balance` table at the first step; warnings under 1% or over 95%). Each measurement costs one partial backward per term (benchmarks/bench_balance.py, default config: ~0.3 of a training step); null: train.log_every; 0: never.")
     find_unused_parameters: bool = Field(False, description="Passed to DDP (accelerate's DistributedDataParallelKwargs): needed when some trainable parameters get no gradient, which the first step reports.")
 
     @field_validator("best_metric")
