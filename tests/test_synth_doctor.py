@@ -209,7 +209,7 @@ def test_ensure_dataset_refuses_a_synthetic_set_written_with_other_settings(tmp_
         message = str(err.value)
         assert message.startswith(f"data.synthetic.{key}: {value}, but data.root {root} holds a synthetic set "
                                   f"written with {key} {written[key]}"), message
-    with pytest.raises(UserError, match=r"^data\.version: v3, but data\.root .* written as v2"):
+    with pytest.raises(UserError, match=r"^data\.version: v3, but data\.root .* written with version v2"):
         ensure_dataset(cfg_for(root, synthetic=written, version="v3"), log=lambda *_: None)
     assert (root / "train.txt").read_text().split() == ["SYN10/0000", "SYN11/0000"]  # nothing rewritten
 

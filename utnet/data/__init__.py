@@ -42,21 +42,18 @@ def _check_synthetic_matches(root: Path, syn, version: str) -> None:
         return  # not written by utnet synth (a real HO3D copy): nothing to compare
     try:
         info = json.loads(info_path.read_text())
-        written = {"sequences": len(info["train_sequences"]),
-                   "frames": info["train_frames"] // max(1, len(info["train_sequences"])),
-                   "seed": info["seed"]}
-        written_version = info["version"]
+        sequences = len(info["train_sequences"])
+        written = [("data.synthetic.sequences", syn.sequences, sequences),
+                   ("data.synthetic.frames", syn.frames, info["train_frames"] // max(1, sequences)),
+                   ("data.synthetic.seed", syn.seed, info["seed"]), ("data.version", version, info["version"])]
     except (ValueError, KeyError, TypeError) as err:
         raise UserError(f"{info_path}: unreadable synthetic-set summary ({err}); remove data.root {root} "
                         f"to have it written again") from None
-    for key, value in written.items():
-        if getattr(syn, key) != value:
-            raise UserError(f"data.synthetic.{key}: {getattr(syn, key)}, but data.root {root} holds a synthetic "
-                            f"set written with {key} {value} ({INFO_FILE}); point data.root at a new folder "
+    for key, configured, value in written:
+        if configured != value:
+            raise UserError(f"{key}: {configured}, but data.root {root} holds a synthetic set written with "
+                            f"{key.rsplit('.', 1)[1]} {value} ({INFO_FILE}); point data.root at a new folder "
                             f"(it is written there) or remove the old set")
-    if written_version != version:
-        raise UserError(f"data.version: {version}, but data.root {root} holds a synthetic set written as "
-                        f"{written_version} ({INFO_FILE}); point data.root at a new folder or remove the old set")
 
 
 def ensure_dataset(cfg, log=print) -> Path:

@@ -173,7 +173,9 @@ def check_mano(samples, mano_layer, root: Path, cfg) -> Check:
     gt = torch.stack([s["joints_3d"] for s in sel])
     err = torch.linalg.norm(joints_mm.double() - gt.double(), dim=-1)
     text = f"mean {err.mean():.2f} mm, max {err.max():.2f} mm over {len(sel)} samples (MANO {getattr(mano_layer, 'source', '?')})"
-    info = Path(root) / "synthetic_info.json"
+    from utnet.data.synth import INFO_FILE
+
+    info = Path(root) / INFO_FILE
     if info.is_file():  # our synthetic set records the model it was rendered with
         try:
             same_model = json.loads(info.read_text()).get("mano_model_path") == cfg.mano.model_path
