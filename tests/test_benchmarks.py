@@ -72,7 +72,45 @@ def test_bench_step_and_converge(tmp_path, tiny_data):  # noqa: F811
     # without --reweigh both runs use the config's weights; with it the sum run's are converted
     assert r["sum"]["loss_weights"] == r["mean"]["loss_weights"] == {
         name: term["weight"] for name, term in load_config(config).loss.items()}
-    r2 = run_bench("bench_converge.py", "--config", config, "--steps", 1, "--reweigh")
+    assert "heldout" not in r["sum"]
+    # --reweigh, and scoring on a larger held-out set: a 5-sequence set of the same seed minus the run's
+    # training sequences (SYN10, SYN11) = its val sequence SYN12 and the new SYN13, SYN14
+    heldout_root = tmp_path / "heldout"
+    r2 = run_bench("bench_converge.py", "--config", config, "--steps", 1, "--reweigh", "--heldout-sequences", 5,
+                   "--heldout-root", heldout_root, "--keep", tmp_path / "keep")
     assert r2["mean"]["loss_weights"] == r["mean"]["loss_weights"]  # mean -> mean: factor 1
     assert r2["sum"]["loss_weights"]["vertex_3d"] < r["sum"]["loss_weights"]["vertex_3d"] / 100
     assert r2["sum"]["final"]["mpjpe"] > 0 and isinstance(r2["sum"]["goal_met"], bool)
+    assert (heldout_root / "train.txt").read_text().split()[-1] == "SYN14/0006"  # written: 5 sequences x 7 frames
+    for reduction in ("sum", "mean"):
+        held = r2[reduction]["heldout"]
+        assert held["sequences"] == ["SYN12", "SYN13", "SYN14"] and held["num_samples"] == 21
+        assert held["pa_mpjpe_ratio"] == pytest.approx(held["final"]["pa_mpjpe"] / held["baseline"]["pa_mpjpe"], abs=1e-3)
+        assert isinstance(held["goal_met"], bool) and positive(held["wall_s"])
+        final = json.loads((tmp_path / "keep" / f"{reduction}.heldout_final" / "metrics.json").read_text())
+        assert final["provenance"]["checkpoint"]["path"].endswith("step_00000001")  # the run's final checkpoint
+    # both runs start from the same untrained model (seed 0): the same held-out baseline
+    for name, value in r2["mean"]["heldout"]["baseline"].items():
+        assert r2["sum"]["heldout"]["baseline"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+
+
+def test_bench_converge_refuses_a_heldout_set_of_another_seed(tmp_path, tiny_data):  # noqa: F811
+    """The held-out set must hold the run's val sequences as the run saw them; a set written with another
+    synthetic seed (same names, other frames) is refused, naming it."""
+    import importlib.util
+
+    from utnet.data import write_synthetic
+
+    spec = importlib.util.spec_from_file_location("bench_converge", REPO / "benchmarks" / "bench_converge.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(write_config(tmp_path, tiny_data).read_text())
+    other = tmp_path / "seed1"
+    write_synthetic(other, sequences=4, frames=7, seed=1)
+    with pytest.raises(SystemExit, match="val sequence SYN12 differs from the one in"):
+        bench.score_heldout(run, 4, other)
+    with pytest.raises(SystemExit, match="holds no sequence SYN12 .*--heldout-sequences 2 is too few"):
+        write_synthetic(tmp_path / "two", sequences=2, frames=7, seed=0)
+        bench.score_heldout(run, 2, tmp_path / "two")

@@ -415,6 +415,33 @@ def test_eval_writes_a_submission_in_the_ho3d_frame(trained_run, tiny_data, tmp_
     assert math.isfinite(metrics["refined"]["pa_mpjpe"])  # released ground truth present: local scores
 
 
+def test_eval_untrained_scores_the_model_train_starts_from(trained_run, tmp_path):
+    """`utnet eval --untrained` scores the model `utnet train` evaluated before its first step (same seed,
+    same config): its metrics equal the run's metrics_untrained.json; another seed is another model."""
+    run, config, _ = trained_run
+    proc = run_cli("eval", "--config", config, "--untrained", "--split", "val", "--output-dir", tmp_path / "u0")
+    ok(proc)
+    assert "scoring the untrained model (seed 0)" in proc.stdout
+    assert f"Evaluated on {VAL_SIZE} samples from 1 process (val)" in proc.stdout
+    scored = json.loads((tmp_path / "u0" / "metrics.json").read_text())
+    baseline = json.loads((run / "metrics_untrained.json").read_text())
+    assert scored["num_samples"] == baseline["num_samples"] == VAL_SIZE
+    assert scored["provenance"]["untrained_seed"] == 0 and "checkpoint" not in scored["provenance"]
+    for output in ("refined", "coarse"):  # the same model on the same batches: equal to float32 rounding
+        for name, value in baseline[output].items():
+            assert scored[output][name] == pytest.approx(value, rel=1e-5, abs=1e-6), (output, name)
+    proc = run_cli("eval", "--config", config, "--untrained", "--set", "seed=1", "--split", "val",
+                   "--output-dir", tmp_path / "u1")
+    ok(proc)
+    other = json.loads((tmp_path / "u1" / "metrics.json").read_text())
+    assert abs(other["refined"]["mpjpe"] - baseline["refined"]["mpjpe"]) > 1e-3 * baseline["refined"]["mpjpe"]
+    # --checkpoint and --untrained name the scored model: exactly one of them
+    proc = run_cli("eval", "--config", config, "--untrained", "--checkpoint", run / "best")
+    assert proc.returncode == 2 and "not allowed with argument" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("eval", "--config", config)
+    assert proc.returncode == 2 and "--checkpoint" in proc.stderr and "--untrained" in proc.stderr
+
+
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(trained_run, tmp_path):
     run, config, _ = trained_run
     before = sorted(p.name for p in run.iterdir())

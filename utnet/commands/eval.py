@@ -1,4 +1,4 @@
-"""`utnet eval`: score a checkpoint on the val or evaluation split (any number of processes)."""
+"""`utnet eval`: score a checkpoint (or the untrained model) on the val or evaluation split (any number of processes)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,24 +6,28 @@ from pathlib import Path
 from utnet.commands.common import add_config_arguments
 from utnet.config import load_config
 
-HELP = "evaluate a checkpoint: HO3D metrics, prediction grid, per-joint chart, HO3D submission"
+HELP = "evaluate a checkpoint or the untrained model: HO3D metrics, prediction grid, per-joint chart, HO3D submission"
 
 
 def add_arguments(parser):
     add_config_arguments(parser)
-    parser.add_argument("--checkpoint", required=True, metavar="PATH",
+    scored = parser.add_mutually_exclusive_group(required=True)
+    scored.add_argument("--checkpoint", metavar="PATH",
                         help="checkpoint directory (<run>/checkpoints/step_N or <run>/best)")
+    scored.add_argument("--untrained", action="store_true",
+                        help="score the model `utnet train` starts from (the config's seed, no training): "
+                             "the baseline for any data set")
     parser.add_argument("--split", choices=("val", "evaluation"), default=None,
                         help="split to score (default: eval.split of the config)")
     parser.add_argument("--output-dir", default=None, metavar="DIR",
                         help="where metrics.json and the figures go (default: <checkpoint>-eval-<split> "
-                             "beside the checkpoint)")
+                             "beside the checkpoint; with --untrained <output_dir>/untrained-eval-<split>)")
 
 
 def run_config(args):
     """--config, else the config.yaml of the run the checkpoint belongs to, else the default."""
     config = args.config
-    if config is None:
+    if config is None and args.checkpoint is not None:
         checkpoint = Path(args.checkpoint)
         for run_dir in (checkpoint.parent, checkpoint.parent.parent):
             if (run_dir / "config.yaml").is_file():
@@ -36,18 +40,25 @@ def run_config(args):
 def run(args) -> int:
     from utnet.engine import checkpoint as ckpt
 
-    ckpt.model_weights_file(args.checkpoint)  # a bad path fails before anything is built
+    if args.checkpoint is not None:
+        ckpt.model_weights_file(args.checkpoint)  # a bad path fails before anything is built
     cfg = run_config(args)
     split = args.split or cfg.eval.split
-    checkpoint = Path(args.checkpoint)
-    out = Path(args.output_dir) if args.output_dir else checkpoint.with_name(f"{checkpoint.name}-eval-{split}")
+    checkpoint = Path(args.checkpoint) if args.checkpoint is not None else None
+    if args.output_dir:
+        out = Path(args.output_dir)
+    elif checkpoint is None:
+        out = Path(cfg.output_dir) / f"untrained-eval-{split}"
+    else:
+        out = checkpoint.with_name(f"{checkpoint.name}-eval-{split}")
     evaluate_checkpoint(cfg, checkpoint, split, out)
     return 0
 
 
-def evaluate_checkpoint(cfg, checkpoint: str | Path, split: str, out_dir: str | Path, log=print) -> dict:
-    """Load a checkpoint's weights, score `split` (utnet.engine.evaluator.evaluate), write the outputs to
-    out_dir and print the metrics table; returns evaluate's metrics."""
+def evaluate_checkpoint(cfg, checkpoint: str | Path | None, split: str, out_dir: str | Path, log=print) -> dict:
+    """Load a checkpoint's weights (None: the untrained model `utnet train` starts from, cfg.seed), score
+    `split` (utnet.engine.evaluator.evaluate), write the outputs to out_dir and print the metrics table;
+    returns evaluate's metrics."""
     import numpy as np
 
     from utnet.data import build_dataset, ensure_dataset
@@ -55,7 +66,7 @@ def evaluate_checkpoint(cfg, checkpoint: str | Path, split: str, out_dir: str | 
     from utnet.engine.evaluator import evaluate
     from utnet.engine.provenance import add_provenance, eval_provenance
     from utnet.engine.setup import eval_subset, make_accelerator, make_eval_loader
-    from utnet.model import build_model
+    from utnet.model import build_model, initial_model
 
     out_dir = Path(out_dir)
     accelerator = make_accelerator(cfg, out_dir)
@@ -63,8 +74,12 @@ def evaluate_checkpoint(cfg, checkpoint: str | Path, split: str, out_dir: str | 
     with accelerator.main_process_first():
         ensure_dataset(cfg, say)
     dataset = eval_subset(build_dataset(cfg, split), cfg.eval.max_samples, say)
-    model = build_model(cfg)
-    load_model_weights(model, checkpoint)
+    if checkpoint is None:
+        model = initial_model(cfg)
+        say(f"scoring the untrained model (seed {cfg.seed})")
+    else:
+        model = build_model(cfg)
+        load_model_weights(model, checkpoint)
     model, loader = accelerator.prepare(model, make_eval_loader(cfg, dataset))
     result = evaluate(accelerator, model, loader, split, len(dataset), out_dir=out_dir,
                       grid_samples=cfg.eval.grid_samples, write_submission=(split == "evaluation"), log=say)

@@ -100,16 +100,13 @@ def score(model, batch: dict) -> dict[str, float]:
 
 def overfit(cfg, accelerator, samples: int, steps: int, say) -> tuple[bool, str]:
     """Train on the fixed batch for `steps` steps; returns (passed, reason) and prints the report."""
-    from accelerate.utils import set_seed
-
     import losses
     from utnet.engine.targets import add_mano_targets
     from utnet.engine.setup import build_optimizer
-    from utnet.model import build_model
+    from utnet.model import initial_model
 
     batch = fixed_batch(cfg, samples, accelerator.device, say)
-    set_seed(cfg.seed)
-    model = build_model(cfg)
+    model = initial_model(cfg)
     loss_set = losses.LossSet.from_config(cfg.loss, cfg.loss_plugins).to(accelerator.device)
     optimizer, scheduler = build_optimizer(cfg, model, accelerator.num_processes)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)

@@ -109,14 +109,13 @@ def table(rows: dict, reduction: str) -> str:
 @torch.no_grad()
 def measure(cfg, reduction: str, batches: int, say) -> dict[str, dict]:
     """balance.converted_weights on `batches` evenly spread train batches through the untrained model."""
-    from accelerate.utils import set_seed
     from torch.utils.data import default_collate
 
     import losses
     from utnet.data import build_dataset, ensure_dataset
     from utnet.engine.balance import converted_weights
     from utnet.engine.targets import add_mano_targets
-    from utnet.model import build_model
+    from utnet.model import initial_model
 
     cfg = cfg.model_copy(deep=True)
     cfg.data.augment.enabled = False
@@ -131,8 +130,7 @@ def measure(cfg, reduction: str, batches: int, say) -> dict[str, dict]:
     say(f"reweigh: {count} of {len(dataset)} train samples of {cfg.data.root} ({-(-count // size)} batch(es) "
         f"of {min(size, count)}, no augmentation), the untrained model")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    set_seed(cfg.seed)
-    model = build_model(cfg).to(device).eval()
+    model = initial_model(cfg).to(device).eval()
     loss_set = losses.LossSet.from_config(cfg.loss, cfg.loss_plugins).to(device)
     samples = []
     for start in range(0, count, size):

@@ -44,10 +44,12 @@ def checkpoint_provenance(checkpoint: str | Path) -> dict:
             "weights_sha256": file_sha256(weights)}
 
 
-def eval_provenance(cfg, checkpoint: str | Path) -> dict:
-    """Provenance of `utnet eval`: the checkpoint, the config hash and the data root (absolute)."""
-    return {"checkpoint": checkpoint_provenance(checkpoint), "config_sha256": config_sha256(cfg),
-            "data_root": str(Path(cfg.data.root).resolve())}
+def eval_provenance(cfg, checkpoint: str | Path | None) -> dict:
+    """Provenance of `utnet eval`: the checkpoint (None: the untrained model of cfg.seed), the config hash
+    and the data root (absolute)."""
+    scored = {"checkpoint": checkpoint_provenance(checkpoint)} if checkpoint is not None else {
+        "untrained_seed": cfg.seed}
+    return scored | {"config_sha256": config_sha256(cfg), "data_root": str(Path(cfg.data.root).resolve())}
 
 
 def score_provenance(prediction: str | Path, root: str | Path, ground_truth: list[Path]) -> dict:

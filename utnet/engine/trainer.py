@@ -93,19 +93,17 @@ def train(cfg: ExperimentConfig, resume: str = "auto", log=print) -> dict:
 def _train_after_data(cfg: ExperimentConfig, accelerator, resume_from, say, stop) -> dict:
     """`train` once the data set exists, with the signal handlers installed (`stop`)."""
     from accelerate.data_loader import skip_first_batches
-    from accelerate.utils import set_seed
 
     import losses
     from utnet.data import build_dataset
-    from utnet.model import build_model
+    from utnet.model import initial_model
 
     out = Path(cfg.output_dir)
     t = cfg.train
     main = accelerator.is_main_process
     train_set = build_dataset(cfg, "train")
     val_set = eval_subset(build_dataset(cfg, "val"), cfg.eval.max_samples, say)
-    set_seed(cfg.seed)
-    model = build_model(cfg)
+    model = initial_model(cfg)
     loss_set = losses.LossSet.from_config(cfg.loss, cfg.loss_plugins).to(accelerator.device)
     optimizer, scheduler = build_optimizer(cfg, model, accelerator.num_processes)
     train_loader, worker_seeds = make_train_loader(cfg, train_set, accelerator.num_processes)

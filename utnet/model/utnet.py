@@ -116,3 +116,13 @@ def build_model(cfg) -> UTNet:
     return UTNet(backbone, head, mano, refiner, cfg.model.focal_length, image_size,
                  token_keypoints=cfg.model.token_keypoints, keypoint_heatmaps=cfg.model.keypoint_heatmaps,
                  heatmap_channels=cfg.model.heatmap_channels)
+
+
+def initial_model(cfg) -> UTNet:
+    """The model `utnet train` starts from: the global seeds set to `cfg.seed`, then `build_model(cfg)`.
+    Every command that needs the untrained model (train, eval --untrained, overfit, reweigh) builds it here,
+    so they all see the same initial weights for a config."""
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.seed)
+    return build_model(cfg)
