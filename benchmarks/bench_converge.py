@@ -19,7 +19,8 @@ data.synthetic frames/seed and data.version (at --heldout-root; written there wh
 sequences the run trained on. The synthetic writer renders each sequence from its own seed, so a sequence
 name holds the same frames in every set of the same seed: the run's val sequences are among the held-out
 ones (checked: their ground-truth files must be byte-identical), and none of its training frames is. At
-N = 40 on the default config that is 1,560 frames against the 120 of the val split (~40 s per scoring).
+N = 40 on the default config that is 1,560 frames against the 120 of the val split (~100 s per run for
+its two evaluations on 2 cores).
 
 Prints one JSON object as its last line:
 {"steps", "wall_s", "sum": {"baseline": {...}, "final": {...}, "wall_s", "loss_weights", "goal_met", ...},
