@@ -5,8 +5,8 @@ per-step agreement on non-finite values and signals, logging as configured), wit
 checkpoints and images switched off; its rate is read from the wall times tensorboard recorded for
 `loss/total` between the first and the last logged step, so building, evaluating and saving are
 not counted. Plain: the same model, data loader, targets, loss set, forward, backward and AdamW
-step with its LR schedule (the engine's build_optimizer: same parameter groups) in a bare loop, timed
-over the same steps. Each side runs in a fresh
+step with its LR schedule (the engine's build_optimizer: same parameter groups) and the configured
+gradient clipping (optim.clip_grad_norm) in a bare loop, timed over the same steps. Each side runs in a fresh
 process; with --repeats R both run R times alternately and the best rate of each is kept (the
 machine is shared: ratios, not absolute times).
 
@@ -46,6 +46,8 @@ def plain_loop(config: str | None, overrides: list[str]) -> dict:
             pred = model(batch)
             total, _ = loss_set(pred, batch)
             total.backward()
+            if cfg.optim.clip_grad_norm > 0:  # the engine clips as configured: the same arithmetic here
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
