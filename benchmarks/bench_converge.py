@@ -100,9 +100,10 @@ def ratios(baseline: dict, final: dict) -> dict:
 
 
 def sequences_of(root: Path) -> list[str]:
-    """The train sequences listed in root/train.txt (SEQ/frame lines), in order."""
-    names = [line.split("/")[0] for line in (root / "train.txt").read_text().split()]
-    return list(dict.fromkeys(names))
+    """The train sequences listed in root/train.txt, in order."""
+    from utnet.data.ho3d import read_split_file
+
+    return list(dict.fromkeys(seq for seq, _ in read_split_file(root, "train")))
 
 
 def score_heldout(out: Path, sequences: int, heldout_root: Path) -> dict:
@@ -114,7 +115,7 @@ def score_heldout(out: Path, sequences: int, heldout_root: Path) -> dict:
     start = time.perf_counter()
     config = out / "config.yaml"
     cfg = load_config(config, [])
-    run_root = REPO / cfg.data.root if not Path(cfg.data.root).is_absolute() else Path(cfg.data.root)
+    run_root = REPO / cfg.data.root  # relative to the repository, where the runs start; an absolute root stays
     if not (heldout_root / "train.txt").is_file():
         syn = cfg.data.synthetic
         run_logged([sys.executable, "-m", "utnet", "synth", "--out", str(heldout_root), "--version", cfg.data.version,
@@ -134,17 +135,15 @@ def score_heldout(out: Path, sequences: int, heldout_root: Path) -> dict:
                              f"synthetic seed, frame count or version?): the held-out scores would not extend the val split")
     sets = ["--set", f"data.root={heldout_root}", "--set", f"data.synthetic.sequences={sequences}",
             "--set", f"data.val_sequences=[{','.join(heldout)}]", "--set", "eval.max_samples=null"]
-    scored = {}
+    metrics = {}
     for stage, model in (("baseline", ["--untrained"]), ("final", ["--checkpoint", str(ckpt.resolve_resume("auto", out))])):
         target = out.parent / f"{out.name}.heldout_{stage}"
         run_logged([sys.executable, "-m", "utnet", "eval", "--config", str(config), *model, "--split", "val",
                     "--output-dir", str(target), *sets], f"held-out {stage} eval", target.with_suffix(".log"))
-        metrics = json.loads((target / "metrics.json").read_text())
-        scored[stage] = headline(metrics)
-        scored["num_samples"] = metrics["num_samples"]
-    return {"sequences": heldout, "num_samples": scored["num_samples"], "baseline": scored["baseline"],
-            "final": scored["final"], **ratios(scored["baseline"], scored["final"]),
-            "wall_s": round(time.perf_counter() - start, 1)}
+        metrics[stage] = json.loads((target / "metrics.json").read_text())
+    baseline, final = headline(metrics["baseline"]), headline(metrics["final"])
+    return {"sequences": heldout, "num_samples": metrics["final"]["num_samples"], "baseline": baseline, "final": final,
+            **ratios(baseline, final), "wall_s": round(time.perf_counter() - start, 1)}
 
 
 def main() -> None:
